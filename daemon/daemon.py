@@ -1,0 +1,119 @@
+"""The daemon: store, watcher, intake and scheduler under one task group, stopped by a signal.
+
+Signal handlers only set the stop event; the scheduler then lets running jobs finish for
+`shutdown_grace_seconds` and releases the rest, so nothing is half-written and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from dropflow.daemon import __version__
+from dropflow.daemon.config import Config
+from dropflow.daemon.intake import Intake
+from dropflow.daemon.logs import Redactor
+from dropflow.daemon.router import Router
+from dropflow.daemon.scheduler import Scheduler
+from dropflow.daemon.store import Store, owner_id
+from dropflow.daemon.watcher import Watcher
+from dropflow.engine import files, registry
+from dropflow.engine.providers import build_videogen, build_vision, resolve_default
+from dropflow.engine.providers.base import VideoGenProvider, VisionProvider
+
+log = logging.getLogger("dropflow.daemon")
+
+
+class ProviderHub:
+    """Builds each provider once per daemon (so rate limits are shared) and resolves `auto`."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.default, self.announcement = resolve_default(cfg.providers)
+        self._vision: dict[str, VisionProvider] = {}
+        self._videogen: dict[str, VideoGenProvider] = {}
+
+    def _name(self, name: str | None) -> str:
+        return self.default if name in (None, "auto") else str(name)
+
+    def vision(self, name: str | None) -> VisionProvider:
+        key = self._name(name)
+        if key not in self._vision:
+            self._vision[key] = build_vision(key, self.cfg.providers, state_dir=self.cfg.paths.state)
+        return self._vision[key]
+
+    def videogen(self, name: str | None) -> VideoGenProvider:
+        key = self._name(name)
+        if key not in self._videogen:
+            self._videogen[key] = build_videogen(key, self.cfg.providers, state_dir=self.cfg.paths.state)
+        return self._videogen[key]
+
+    async def aclose(self) -> None:
+        for p in [*self._vision.values(), *self._videogen.values()]:
+            with contextlib.suppress(Exception):
+                await p.aclose()
+
+
+def load_plugins(cfg: Config) -> None:
+    for spec in cfg.engines.plugins:
+        registry.load_plugin(spec)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, redact: Redactor) -> None:
+        self.cfg = cfg
+        self.redact = redact
+        self.owner = owner_id()
+        self.stop = asyncio.Event()
+        self.services: dict[str, Any] = {}
+
+    def request_stop(self) -> None:
+        self.stop.set()
+
+    async def run(self, *, install_signals: bool = True) -> None:
+        cfg = self.cfg
+        load_plugins(cfg)
+        for p in (cfg.paths.inbox, cfg.paths.outputs, cfg.paths.archive, cfg.paths.state):
+            p.mkdir(parents=True, exist_ok=True)
+        removed = await asyncio.to_thread(files.clean_temp_files, cfg.paths.outputs)
+        if removed:
+            log.info("removed %d partial output file(s) left by an earlier stop", removed)
+        if install_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+        hub = ProviderHub(cfg)
+        if hub.announcement:
+            log.warning(hub.announcement)
+        else:
+            log.info("default provider: %s", hub.default)
+        try:
+            async with Store.open(cfg.paths.database) as store:
+                await store.register_daemon(self.owner, __version__)
+                router = Router(cfg)
+                intake = Intake(cfg, store, router)
+                scheduler = Scheduler(cfg, store, router, intake, hub, self.owner, self.redact, self.services)
+                intake.on_new = scheduler.wake.set
+                watcher = Watcher(cfg.watch, router, intake.accept)
+                for path in await store.active_inputs():
+                    watcher.remember_path(path)
+                log.info(
+                    "dropflow %s watching %s (outputs %s, database %s)",
+                    __version__, cfg.paths.inbox, cfg.paths.outputs, cfg.paths.database,
+                )
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(watcher.run(self.stop), name="dropflow-watcher")
+                        tg.create_task(scheduler.run(self.stop), name="dropflow-scheduler")
+                finally:
+                    await store.stop_daemon(self.owner)
+        finally:
+            await hub.aclose()
+            if install_signals:
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+        log.info("dropflow stopped")

@@ -1,0 +1,168 @@
+"""Intake: settled units become jobs (hash, dedupe, one batched insert), and inputs are put away.
+
+Input housekeeping lives here too, because it is the other half of the same promise: nothing a
+user dropped is deleted. A processed input is moved to the archive; a failed one stays where it
+was with a `<name>.error.txt` beside it; a duplicate of finished work is archived as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dropflow.daemon.config import Config, Route
+from dropflow.daemon.router import Router
+from dropflow.daemon.store import Job, NewJob, Store
+from dropflow.engine import files
+from dropflow.engine.errors import ConfigError, InputError, error_payload
+
+log = logging.getLogger("dropflow.intake")
+
+ERROR_SUFFIX = ".error.txt"
+
+
+class Intake:
+    def __init__(self, cfg: Config, store: Store, router: Router, on_new: Callable[[], None] | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.router = router
+        self.on_new = on_new or (lambda: None)
+
+    async def accept(self, ready: list[tuple[Route, Path, object]]) -> list[int]:
+        """Turn settled units into jobs in one transaction; returns the ids of new jobs."""
+        plans = []
+        for route, unit, _sig in ready:
+            try:
+                plan = self.router.plan(route, unit)
+            except ConfigError as exc:  # pragma: no cover - plan() captures these itself
+                log.error("%s: %s", unit, exc.message)
+                continue
+            if plan is not None:
+                plans.append(plan)
+        if not plans:
+            return []
+        hashes = await asyncio.to_thread(_hash_all, [p.path for p in plans])
+        new_jobs, kept = [], []
+        for plan in plans:
+            digest = hashes.get(plan.path)
+            if digest is None:  # vanished or unreadable between settle and hash
+                continue
+            error = plan.error
+            if isinstance(digest, OSError):
+                error = InputError(f"cannot read {plan.path}: {digest.strerror}", hint="check the file's permissions")
+                digest = f"unreadable:{plan.path}:{time.time_ns()}"
+            new_jobs.append(
+                NewJob(
+                    engine=plan.engine,
+                    route=plan.route.name,
+                    input_path=str(plan.path),
+                    input_paths=[str(p) for p in plan.inputs],
+                    content_hash=str(digest),
+                    batch=plan.batch,
+                    provider=plan.provider,
+                    params=plan.params,
+                    priority=plan.priority,
+                    max_attempts=plan.max_attempts,
+                    status="failed" if error else "queued",
+                    error=error_payload(error) if error else None,
+                )
+            )
+            kept.append(plan)
+        results = await self.store.insert_jobs(new_jobs)
+        created = []
+        for nj, res in zip(new_jobs, results, strict=True):
+            if res.created:
+                created.append(res.job_id)
+                if nj.status == "failed" and nj.error:
+                    write_error_sidecar(Path(nj.input_path), nj.error)
+                    log.error("job %d failed at intake: %s", res.job_id, nj.error["message"])
+                continue
+            await self._duplicate(res.job_id, nj)
+        if created:
+            log.info("%d new job(s) registered", len(created))
+            self.on_new()
+        return created
+
+    async def _duplicate(self, existing_id: int, nj: NewJob) -> None:
+        existing = await self.store.get(existing_id)
+        if existing is None:
+            return
+        path = Path(nj.input_path)
+        if existing.status in ("failed", "cancelled"):
+            if existing.input_path != nj.input_path or not error_sidecar(path).exists():
+                await self.store.requeue_failed(existing_id, nj.input_path)
+                self.on_new()
+            return
+        if existing.input_path == nj.input_path:
+            if existing.status == "succeeded" and path.exists() and existing.source == "inbox":
+                # finished, but the daemon stopped before it archived the input: finish that now
+                archived = await asyncio.to_thread(self.archive_inputs, existing)
+                if archived:
+                    await self.store.set_archived(existing_id, archived)
+            return
+        if existing.status == "succeeded":
+            dest = await asyncio.to_thread(
+                files.move, path, self.cfg.paths.archive / nj.route / "duplicates" / time.strftime("%Y-%m-%d")
+            )
+            msg = f"the same content was dropped again as {path}; moved to {dest}, not processed twice"
+        else:
+            msg = f"the same content was dropped again as {path} while this job is {existing.status}; left in place"
+        log.info("job %d: %s", existing_id, msg)
+        await self.store.add_event(existing_id, "note", msg)
+
+    def archive_inputs(self, job: Job) -> str | None:
+        """Move a finished job's inputs out of the inbox (blocking). Returns the primary's new path."""
+        dest_dir = self.cfg.paths.archive / job.route / time.strftime("%Y-%m-%d")
+        if job.batch:
+            dest_dir = dest_dir / job.batch
+        primary = None
+        for raw in job.input_paths:
+            src = Path(raw)
+            if not src.exists():
+                continue
+            dest = files.move(src, dest_dir)
+            primary = primary or str(dest)
+            sidecar = error_sidecar(src)
+            if sidecar.exists():
+                sidecar.unlink()
+        return primary
+
+
+def error_sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ERROR_SUFFIX)
+
+
+def write_error_sidecar(path: Path, error: dict[str, object]) -> None:
+    """Leave the reason beside a failed input, where the user dropped it."""
+    if not path.parent.exists():
+        return
+    text = f"dropflow could not process {path.name}\n\nerror ({error.get('kind')}): {error.get('message')}\n"
+    if error.get("hint"):
+        text += f"fix: {error.get('hint')}\n"
+    text += "\nRetry with `dropflow retry ID` (see `dropflow jobs --status failed`), or drop the file again.\n"
+    try:
+        files.write_text(error_sidecar(path), text)
+    except OSError as exc:  # a read-only inbox must not take the daemon down
+        log.warning("cannot write %s: %s", error_sidecar(path), exc)
+
+
+def clear_error_sidecar(path: Path) -> None:
+    try:
+        error_sidecar(path).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _hash_all(paths: list[Path]) -> dict[Path, str | OSError]:
+    out: dict[Path, str | OSError] = {}
+    for p in paths:
+        try:
+            out[p] = files.content_hash(p)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            out[p] = exc
+    return out

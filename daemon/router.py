@@ -1,0 +1,212 @@
+"""Routing: which route (and so which engine, provider and params) a dropped path belongs to.
+
+First matching route wins: the path must lie in the route's folder, its unit's name must match the
+route's glob, and the engine must accept it. Per-folder `dropflow.yaml` files between the route
+folder and the unit override provider, priority, attempts and params.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from dropflow.daemon.config import FOLDER_OVERRIDE_NAME, Config, FolderOverride, Route, line_of, load_override
+from dropflow.engine import registry
+from dropflow.engine.base import Engine
+from dropflow.engine.errors import ConfigError, DropflowError
+
+TEMP_SUFFIXES = (".part", ".crdownload", ".download", ".tmp", ".partial", ".swp")
+SIDECAR_SUFFIXES = (".error.txt",)
+IGNORED_NAMES = {FOLDER_OVERRIDE_NAME, "README.md", "Thumbs.db", "desktop.ini"}
+
+
+def is_ignored_name(name: str) -> bool:
+    """Names that are never inputs: temp/partial downloads, hidden files, our own sidecars."""
+    lower = name.lower()
+    return (
+        name.startswith((".", "~"))
+        or lower.endswith(TEMP_SUFFIXES)
+        or lower.endswith(SIDECAR_SUFFIXES)
+        or name in IGNORED_NAMES
+    )
+
+
+@dataclass
+class Unit:
+    """One would-be job: a route's decision about a path."""
+
+    route: Route
+    engine: str
+    path: Path
+    inputs: list[Path]
+    batch: str
+    params: dict[str, Any]
+    provider: str | None
+    priority: int
+    max_attempts: int
+    error: DropflowError | None = None  # invalid params/overrides: the job is created failed
+    overrides: list[Path] = field(default_factory=list)
+
+
+class Router:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.inbox = cfg.paths.inbox
+        self._engines: dict[str, Engine] = {}
+
+    def engine(self, name: str) -> Engine:
+        if name not in self._engines:
+            self._engines[name] = registry.get(name)()
+        return self._engines[name]
+
+    def route_folder(self, route: Route) -> Path:
+        return self.inbox / route.folder if route.folder else self.inbox
+
+    def unit_root(self, path: Path) -> tuple[Route, Path] | None:
+        """The first route claiming `path` (or something below it), and the unit path it belongs to."""
+        try:
+            rel = path.relative_to(self.inbox)
+        except ValueError:
+            return None
+        if any(is_ignored_name(part) for part in rel.parts):
+            return None
+        for route in self.cfg.routes:
+            base = Path(route.folder) if route.folder else Path()
+            try:
+                inner = rel.relative_to(base)
+            except ValueError:
+                continue
+            if not inner.parts:
+                continue
+            eng = self.engine(route.engine)
+            if eng.unit == "folder":
+                unit = self.route_folder(route) / inner.parts[0]
+                if not unit.is_dir() and eng.inputs_for(unit) is None:
+                    continue
+            else:
+                unit = path
+                if unit.is_dir() or eng.inputs_for(unit) is None:
+                    continue
+            if not fnmatch.fnmatch(unit.name.lower(), route.glob.lower()):
+                continue
+            return route, unit
+        return None
+
+    def plan(self, route: Route, unit: Path) -> Unit | None:
+        """Resolve a settled unit into a job plan; None when the engine does not take it after all."""
+        eng = self.engine(route.engine)
+        inputs = [unit] if unit.is_dir() else eng.inputs_for(unit)
+        if inputs is None:
+            return None
+        base = self.route_folder(route)
+        inner = unit.relative_to(base)
+        batch = inner.parts[0] if eng.unit == "folder" else (inner.parts[0] if len(inner.parts) > 1 else "")
+        max_attempts = route.max_attempts or self.cfg.scheduler.max_attempts
+        out = Unit(
+            route=route,
+            engine=route.engine,
+            path=unit,
+            inputs=inputs,
+            batch=batch,
+            params=dict(route.params),
+            provider=route.provider,
+            priority=route.priority,
+            max_attempts=max_attempts,
+        )
+        try:
+            for ov_path, ov in self._overrides(base, unit):
+                out.overrides.append(ov_path)
+                out.params.update(ov.params)
+                out.provider = ov.provider or out.provider
+                out.priority = ov.priority if ov.priority is not None else out.priority
+                out.max_attempts = ov.max_attempts or out.max_attempts
+            out.params = self.validate_params(route, out.params, out.overrides)
+        except DropflowError as exc:
+            out.error = exc
+        return out
+
+    def _overrides(self, base: Path, unit: Path) -> list[tuple[Path, FolderOverride]]:
+        folders = [base]
+        rel = unit.relative_to(base)
+        cur = base
+        for part in rel.parts[:-1] if not unit.is_dir() else rel.parts:
+            cur = cur / part
+            folders.append(cur)
+        found = []
+        for folder in folders:
+            p = folder / FOLDER_OVERRIDE_NAME
+            if p.is_file():
+                found.append((p, load_override(p)))
+        return found
+
+    def validate_params(self, route: Route, params: dict[str, Any], overrides: list[Path]) -> dict[str, Any]:
+        """Check params against the engine's model; errors name where each bad key was set."""
+        model = self.engine(route.engine).Params
+        try:
+            return model.model_validate(params).model_dump(mode="json")
+        except ValidationError as exc:
+            lines = []
+            for err in exc.errors():
+                key = ".".join(str(p) for p in err["loc"])
+                where = self._where_set(route, str(err["loc"][0]) if err["loc"] else "", overrides)
+                lines.append(f"{where}: params.{key}: {err['msg']}")
+            raise ConfigError(
+                "\n".join(lines),
+                hint=f"fix the parameter for engine {route.engine!r} "
+                f"(known: {', '.join(sorted(model.model_fields))})",
+            ) from None
+
+    def _where_set(self, route: Route, key: str, overrides: list[Path]) -> str:
+        for ov in reversed(overrides):
+            line = _key_line(ov, ("params", key))
+            if line is not None:
+                return f"{ov}:{line}"
+        src = self.cfg.source
+        if src is None:
+            return f"route {route.name!r}"
+        index = next(i for i, r in enumerate(self.cfg.routes) if r.name == route.name)
+        line = _key_line(src, ("routes", index, "params", key))
+        return f"{src}:{line}" if line else f"{src} (route {route.name!r})"
+
+    def table(self) -> list[dict[str, Any]]:
+        """The route table, as `dropflow config check` prints it."""
+        rows = []
+        for r in self.cfg.routes:
+            eng = self.engine(r.engine)
+            rows.append(
+                {
+                    "route": r.name,
+                    "folder": str(self.route_folder(r)),
+                    "glob": r.glob,
+                    "engine": r.engine,
+                    "unit": eng.unit,
+                    "accepts": ", ".join(sorted(eng.extensions)) or "anything",
+                    "provider": r.provider or self.cfg.providers.default,
+                }
+            )
+        return rows
+
+
+def _key_line(path: Path, loc: tuple[int | str, ...]) -> int | None:
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    line = line_of(node, loc)
+    # _line_of stops at the deepest key it found; only a full match is an answer
+    probe = node
+    for part in loc:
+        if isinstance(probe, yaml.MappingNode):
+            probe = next((v for k, v in probe.value if k.value == part), None)  # type: ignore[assignment]
+        elif isinstance(probe, yaml.SequenceNode) and isinstance(part, int) and part < len(probe.value):
+            probe = probe.value[part]
+        else:
+            probe = None  # type: ignore[assignment]
+        if probe is None:
+            return None
+    return line

@@ -1,0 +1,305 @@
+"""Scheduler: claims due jobs under leases, runs their engines, and records what came of it.
+
+At-least-once: a claimed job holds a lease that a heartbeat renews; after a crash the next start
+(or another daemon) reclaims expired leases, so engines are idempotent (atomic outputs, saved
+remote task ids). Error kinds decide: retryable -> `waiting` with exponential backoff and jitter
+(at least the provider's retry-after), anything else -> `failed` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dropflow.daemon.config import Config
+from dropflow.daemon.intake import Intake, clear_error_sidecar, write_error_sidecar
+from dropflow.daemon.logs import Redactor
+from dropflow.daemon.router import Router
+from dropflow.daemon.store import Job, Store
+from dropflow.engine.base import Done, JobContext, Providers, Wait
+from dropflow.engine.errors import DropflowError, ErrorKind, JobCancelled, error_payload
+
+log = logging.getLogger("dropflow.scheduler")
+
+PROGRESS_INTERVAL = 0.3  # seconds between progress writes of one job
+CANCEL_GRACE = 5.0  # seconds an engine gets to notice a cancel before its task is cancelled
+
+
+def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
+    """Delay before retry `attempt` (1-based): exponential with equal jitter, never below retry-after."""
+    delay = min(cap, base * (2 ** max(0, attempt - 1)))
+    delay = delay / 2 + random.uniform(0, delay / 2)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+@dataclass
+class _Running:
+    job: Job
+    task: asyncio.Task[None]
+    ctx: JobContext
+    control_seen_at: float | None = None
+    user_stop: str | None = None  # 'cancel' / 'pause' when the user stopped it
+    last_progress: float = field(default=0.0)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        router: Router,
+        intake: Intake,
+        providers: Providers,
+        owner: str,
+        redact: Redactor,
+        services: dict[str, Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.settings = cfg.scheduler
+        self.store = store
+        self.router = router
+        self.intake = intake
+        self.providers = providers
+        self.owner = owner
+        self.redact = redact
+        self.services = services or {}
+        self.running: dict[int, _Running] = {}
+        self.wake = asyncio.Event()
+        self._data_version = -1
+        self.on_finished: Callable[[Job, str], None] | None = None
+
+    # --- main loop --------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        reclaimed = await self.store.reclaim(owner=self.owner)
+        if reclaimed:
+            log.info("reclaimed %d job(s) left running by a stopped daemon: %s", len(reclaimed), reclaimed)
+        heartbeat = asyncio.create_task(self._heartbeat(), name="dropflow-heartbeat")
+        try:
+            while not stop.is_set():
+                await self._apply_controls()
+                await self._fill_slots()
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self._wait_wake(stop), timeout=self.settings.tick_seconds)
+                except TimeoutError:
+                    pass
+        finally:
+            await self._drain()
+            heartbeat.cancel()
+            try:
+                await heartbeat
+            except asyncio.CancelledError:
+                pass
+
+    async def _wait_wake(self, stop: asyncio.Event) -> None:
+        waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _fill_slots(self) -> None:
+        free = self.settings.max_concurrency - len(self.running)
+        if free <= 0:
+            return
+        paused_all, paused = await self.store.paused_engines()
+        if paused_all:
+            return
+        busy: dict[str, int] = {}
+        for r in self.running.values():
+            busy[r.job.engine] = busy.get(r.job.engine, 0) + 1
+        engine_slots = {e: n - busy.get(e, 0) for e, n in self.settings.engine_concurrency.items()}
+        jobs = await self.store.claim(
+            self.owner,
+            slots=free,
+            engine_slots=engine_slots,
+            lease_seconds=self.settings.lease_seconds,
+            paused_engines=paused,
+        )
+        for job in jobs:
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        ctx = self._context(job)
+        if job.control is not None:
+            ctx.cancel_reason = job.control
+        task = asyncio.create_task(self._execute(job, ctx), name=f"dropflow-job-{job.id}")
+        self.running[job.id] = _Running(job, task, ctx)
+        task.add_done_callback(lambda _t, jid=job.id: self._done(jid))
+
+    def _done(self, job_id: int) -> None:
+        self.running.pop(job_id, None)
+        self.wake.set()
+
+    def _context(self, job: Job) -> JobContext:
+        state: dict[str, float] = {"last": 0.0}
+
+        async def report(fraction: float, message: str) -> None:
+            now = time.monotonic()
+            if fraction < 1.0 and now - state["last"] < PROGRESS_INTERVAL:
+                return
+            state["last"] = now
+            await self.store.set_progress(job.id, self.owner, fraction, message)
+
+        async def checkpoint(data: dict[str, Any], remote_task_id: str | None) -> None:
+            await self.store.save_checkpoint(job.id, self.owner, data, remote_task_id=remote_task_id)
+            job.checkpoint = data
+            if remote_task_id:
+                job.remote_task_id = remote_task_id
+
+        return JobContext(
+            job=job,
+            output_dir=self.cfg.paths.outputs / job.engine,
+            prompts_dir=self.cfg.paths.prompts,
+            state_dir=self.cfg.paths.state,
+            providers=self.providers,
+            logger=logging.getLogger(f"dropflow.engine.{job.engine}"),
+            report=report,
+            checkpoint=checkpoint,
+            services=self.services,
+        )
+
+    # --- one job ----------------------------------------------------------------------------------
+
+    async def _execute(self, job: Job, ctx: JobContext) -> None:
+        engine = self.router.engine(job.engine)
+        if ctx.cancel_reason == "cancel" and not (engine.supports_cancel and job.remote_task_id):
+            await self.store.finish_cancelled(job.id, self.owner, "cancelled by user")
+            return
+        log.info("job %d (%s) started: %s", job.id, job.engine, job.input_path)
+        try:
+            result = await engine.run(job, ctx)
+        except asyncio.CancelledError:
+            running = self.running.get(job.id)
+            stop = running.user_stop if running else None
+            # shielded: the row must be released even though this task is being cancelled
+            if stop == "cancel":
+                await asyncio.shield(self.store.finish_cancelled(job.id, self.owner, "cancelled by user"))
+            else:
+                to = "paused" if stop == "pause" else "queued"
+                await asyncio.shield(self.store.release(job.id, self.owner, to=to, message=f"released ({to})"))
+            if stop is None:
+                raise
+            return
+        except JobCancelled as exc:
+            if ctx.cancel_reason == "pause":
+                await self.store.release(job.id, self.owner, to="paused", message="paused by user")
+            else:
+                await self.store.finish_cancelled(job.id, self.owner, exc.message)
+            return
+        except Exception as exc:
+            await self._failed(job, exc)
+            return
+        if isinstance(result, Wait):
+            await self.store.reschedule(
+                job.id, self.owner, at=time.time() + result.seconds, message=result.message, usage=result.usage
+            )
+            return
+        await self._succeeded(job, result)
+
+    async def _succeeded(self, job: Job, result: Done) -> None:
+        outputs = [str(p) for p in result.outputs]
+        ok = await self.store.succeed(
+            job.id, self.owner, outputs=outputs, usage=result.usage, archived_path=None, message=result.message
+        )
+        if not ok:
+            log.warning("job %d finished but its lease was lost; result kept, state unchanged", job.id)
+            return
+        log.info("job %d (%s) succeeded: %d output(s)", job.id, job.engine, len(outputs))
+        if job.source == "inbox" and result.archive_input:
+            try:
+                archived = await asyncio.to_thread(self.intake.archive_inputs, job)
+            except OSError as exc:
+                log.error("job %d: cannot archive its input %s: %s", job.id, job.input_path, exc)
+                await self.store.add_event(job.id, "error", f"input not archived: {exc}")
+            else:
+                if archived:
+                    await self.store.set_archived(job.id, archived)
+        else:
+            clear_error_sidecar(Path(job.input_path))
+        if self.on_finished:
+            self.on_finished(job, "succeeded")
+
+    async def _failed(self, job: Job, exc: Exception) -> None:
+        payload = self.redact.payload(error_payload(exc))
+        kind = exc.kind if isinstance(exc, DropflowError) else ErrorKind.PERMANENT
+        if not isinstance(exc, DropflowError):
+            log.error("job %d (%s): unexpected error", job.id, job.engine, exc_info=exc)
+        retry_at = None
+        if kind == ErrorKind.RETRYABLE and job.attempts < job.max_attempts:
+            delay = backoff(
+                job.attempts,
+                self.settings.backoff_base_seconds,
+                self.settings.backoff_max_seconds,
+                getattr(exc, "retry_after", None),
+            )
+            retry_at = time.time() + delay
+            log.warning(
+                "job %d (%s) attempt %d/%d: %s; retry in %.1fs",
+                job.id, job.engine, job.attempts, job.max_attempts, payload["message"], delay,
+            )
+        else:
+            log.error("job %d (%s) failed: %s", job.id, job.engine, payload["message"])
+        await self.store.fail(job.id, self.owner, payload, retry_at=retry_at)
+        if retry_at is None:
+            if job.source == "inbox":
+                await asyncio.to_thread(write_error_sidecar, Path(job.input_path), payload)
+            if self.on_finished:
+                self.on_finished(job, "failed")
+
+    # --- controls, heartbeat, shutdown --------------------------------------------------------------
+
+    async def _apply_controls(self) -> None:
+        """Act on cancel/pause requests for our running jobs (seen through PRAGMA data_version)."""
+        if not self.running:
+            return
+        version = await self.store.data_version()
+        now = time.monotonic()
+        if version != self._data_version:
+            self._data_version = version
+            controls = await self.store.controls(self.owner)
+            for job_id, control in controls.items():
+                r = self.running.get(job_id)
+                if r is None or control is None or r.user_stop is not None:
+                    continue
+                r.user_stop = control
+                r.ctx.cancel_reason = control
+                r.control_seen_at = now
+                log.info("job %d: %s requested", job_id, control)
+        for r in list(self.running.values()):
+            # an engine that does not check ctx.cancelled (or is deep in a blocking step) is cancelled
+            if r.control_seen_at is not None and now - r.control_seen_at > CANCEL_GRACE and not r.task.done():
+                r.task.cancel()
+                r.control_seen_at = None
+
+    async def _heartbeat(self) -> None:
+        interval = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.store.renew_leases(self.owner, self.settings.lease_seconds)
+            except Exception as exc:  # a locked database must not kill the heartbeat
+                log.warning("lease renewal failed: %s", exc)
+
+    async def _drain(self) -> None:
+        """Shutdown: let running jobs finish for the grace period, then release the rest."""
+        if not self.running:
+            return
+        tasks = [r.task for r in self.running.values()]
+        log.info("waiting up to %.0fs for %d running job(s)", self.settings.shutdown_grace_seconds, len(tasks))
+        _done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            log.info("%d job(s) released unfinished; they resume on the next start", len(pending))

@@ -1,0 +1,242 @@
+"""Watcher and settle gate: from filesystem changes to settled units, ready to become jobs.
+
+watchfiles events are only hints: a startup scan picks up what was dropped while the daemon was
+down, and a periodic rescan catches what the OS missed (queue overflow, network mounts, polling).
+A unit is ready when its signature (size + mtime; for a folder, file count, total size, newest
+mtime) has not changed for `settle_seconds`, or, with `trust_mtime`, at once when it was last
+modified longer ago than that (a file written elsewhere and renamed in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import watchfiles
+
+from dropflow.daemon.config import Route, WatchSettings
+from dropflow.daemon.router import TEMP_SUFFIXES, Router, is_ignored_name
+
+log = logging.getLogger("dropflow.watcher")
+
+Signature = tuple[int, int, int, bool]  # files, bytes, newest mtime (ns), a temp file inside
+
+
+def signature(path: Path) -> Signature | None:
+    """What must stay still for `path` to count as settled; None when it is gone."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    if not path.is_dir():
+        return (1, st.st_size, st.st_mtime_ns, False)
+    files = size = 0
+    newest = st.st_mtime_ns
+    busy = False
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in filenames:
+            if name.lower().endswith(TEMP_SUFFIXES):
+                busy = True  # a download still in progress inside the folder
+                continue
+            if name.startswith("."):
+                continue
+            try:
+                fst = os.stat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            files += 1
+            size += fst.st_size
+            newest = max(newest, fst.st_mtime_ns)
+        for d in dirnames:
+            try:
+                newest = max(newest, os.stat(os.path.join(dirpath, d)).st_mtime_ns)
+            except FileNotFoundError:
+                pass
+    return (files, size, newest, busy)
+
+
+@dataclass
+class _Pending:
+    route: Route
+    sig: Signature | None
+    stable_since: float  # monotonic time the signature last changed
+    checks: int = 0
+
+
+class SettleGate:
+    """Holds candidate units until they stop changing."""
+
+    def __init__(self, settings: WatchSettings) -> None:
+        self.settle = settings.settle_seconds
+        self.trust_mtime = settings.trust_mtime
+        self.pending: dict[Path, _Pending] = {}
+
+    def offer(self, route: Route, unit: Path) -> None:
+        if unit not in self.pending:
+            self.pending[unit] = _Pending(route, None, time.monotonic())
+
+    def check(self) -> list[tuple[Route, Path, Signature]]:
+        """Re-stat every pending unit (blocking: run in a thread); return and forget the settled ones."""
+        ready: list[tuple[Route, Path, Signature]] = []
+        now = time.monotonic()
+        wall_ns = time.time_ns()
+        for unit, p in list(self.pending.items()):
+            sig = signature(unit)
+            if sig is None:
+                del self.pending[unit]
+                continue
+            p.checks += 1
+            if sig != p.sig:
+                p.sig = sig
+                p.stable_since = now
+                continue  # even an old file gets a second identical look before it counts
+            if sig[3]:  # a partial download inside a folder unit
+                continue
+            if now - p.stable_since >= self.settle or (self.trust_mtime and self._old(sig, wall_ns)):
+                ready.append((p.route, unit, sig))
+                del self.pending[unit]
+        return ready
+
+    def _old(self, sig: Signature, wall_ns: int) -> bool:
+        return (wall_ns - sig[2]) / 1e9 >= self.settle
+
+
+class Watcher:
+    """Feeds settled units to `on_ready`; owns the watch, rescan and settle loops."""
+
+    def __init__(
+        self,
+        settings: WatchSettings,
+        router: Router,
+        on_ready: Callable[[list[tuple[Route, Path, Signature]]], Awaitable[None]],
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.inbox = router.inbox
+        self.gate = SettleGate(settings)
+        self.on_ready = on_ready
+        # units already handed over, with the signature they had: not offered again unless changed
+        self.known: dict[Path, Signature] = {}
+        self._wake = asyncio.Event()
+
+    def remember_path(self, raw: str) -> None:
+        """An input the store already has a job for: not offered again unless it changes."""
+        path = Path(raw)
+        sig = signature(path)
+        if sig is not None:
+            self.known[path] = sig
+
+    def hint(self, path: Path) -> None:
+        """Something changed at `path` (file or folder): offer the unit(s) it belongs to."""
+        if path.is_dir() and path != self.inbox:
+            found = self.router.unit_root(path)
+            if found is not None and found[1] == path:  # a folder unit itself
+                self._offer(*found)
+                return
+            self._scan(path)
+            return
+        found = self.router.unit_root(path)
+        if found is not None:
+            self._offer(*found)
+
+    def _offer(self, route: Route, unit: Path) -> None:
+        if unit in self.gate.pending:
+            return
+        known = self.known.get(unit)
+        if known is not None:
+            sig = signature(unit)
+            if sig == known:
+                return
+            if sig is None:
+                self.known.pop(unit, None)
+                return
+        self.gate.offer(route, unit)
+        self._wake.set()
+
+    def _scan(self, root: Path) -> int:
+        n = 0
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not is_ignored_name(d)]
+            here = Path(dirpath)
+            for d in dirnames:
+                found = self.router.unit_root(here / d)
+                if found is not None and found[1] == here / d:
+                    self._offer(*found)
+                    n += 1
+            for name in filenames:
+                if is_ignored_name(name):
+                    continue
+                found = self.router.unit_root(here / name)
+                if found is not None:
+                    self._offer(*found)
+                    n += 1
+        return n
+
+    def scan(self) -> int:
+        """Walk the whole inbox (blocking: run in a thread); returns how many units were offered."""
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        return self._scan(self.inbox)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.to_thread(self.scan)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch(stop))
+            tg.create_task(self._rescan(stop))
+            tg.create_task(self._settle(stop))
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        try:
+            async for changes in watchfiles.awatch(
+                self.inbox,
+                stop_event=stop,
+                force_polling=self.settings.force_polling or None,
+                debounce=200,
+                step=50,
+                recursive=True,
+                ignore_permission_denied=True,
+            ):
+                for _change, raw in changes:
+                    path = Path(raw)
+                    if path.name.startswith(".dropflow"):
+                        continue
+                    self.hint(path)
+        except (OSError, RuntimeError) as exc:
+            # e.g. inotify watch limit reached: the rescan keeps things moving, only slower
+            log.warning("file watcher stopped (%s); relying on rescans every %.0fs", exc, self.settings.rescan_seconds)
+            await stop.wait()
+
+    async def _rescan(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.rescan_seconds)
+            except TimeoutError:
+                await asyncio.to_thread(self.scan)
+
+    async def _settle(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if not self.gate.pending:
+                self._wake.clear()
+                await self._stop_or_wake(stop)
+                continue
+            ready = await asyncio.to_thread(self.gate.check)
+            if ready:
+                for _route, unit, sig in ready:
+                    self.known[unit] = sig
+                await self.on_ready(ready)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.check_seconds)
+            except TimeoutError:
+                pass
+
+    async def _stop_or_wake(self, stop: asyncio.Event) -> None:
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()

@@ -1,0 +1,1 @@
+"""Engines (one module each), providers and media helpers."""

@@ -1,0 +1,138 @@
+"""File helpers every engine and the daemon share: atomic writes, content hashes, safe moves.
+
+An output is written to a hidden temp name in its final folder, fsynced, then renamed: a reader
+(or a crash) sees the old file or the whole new one, never half of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+TEMP_PREFIX = ".dropflow-tmp-"
+
+
+@contextmanager
+def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temp file beside `path`; on clean exit fsync it and rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - some filesystems refuse to open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    with atomic_writer(path, "wb") as fh:
+        fh.write(data)
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    with atomic_writer(path, "w") as fh:
+        fh.write(text)
+    return path
+
+
+def write_json(path: Path, data: Any) -> Path:
+    return write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+def copy_file(src: Path, dst: Path) -> Path:
+    """Copy atomically (temp + rename), keeping the modification time."""
+    with atomic_writer(dst, "wb") as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out, 1024 * 1024)
+    shutil.copystat(src, dst)
+    return dst
+
+
+def unique_path(path: Path) -> Path:
+    """`path`, or `name (2).ext`, `name (3).ext`, ... whichever does not exist yet."""
+    if not path.exists():
+        return path
+    stem, suffix = (path.name, "") if path.is_dir() else (path.stem, path.suffix)
+    n = 2
+    while True:
+        candidate = path.with_name(f"{stem} ({n}){suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1
+
+
+def move(src: Path, dst_dir: Path) -> Path:
+    """Move a file or folder into `dst_dir` under a name that does not clobber anything."""
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    dst = unique_path(dst_dir / src.name)
+    try:
+        os.rename(src, dst)
+    except OSError:
+        # another filesystem: copy then remove, so the original survives a crash mid-way
+        if src.is_dir():
+            shutil.copytree(src, dst, copy_function=shutil.copy2)
+            shutil.rmtree(src)
+        else:
+            copy_file(src, dst)
+            os.unlink(src)
+    return dst
+
+
+def file_hash(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file's bytes; for a folder, of every file's relative path and hash, sorted."""
+    if not path.is_dir():
+        return file_hash(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
+        h.update(f.relative_to(path).as_posix().encode())
+        h.update(b"\0")
+        h.update(file_hash(f).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def clean_temp_files(root: Path) -> int:
+    """Remove temp files left by a crash mid-write below `root`; returns how many."""
+    n = 0
+    if not root.exists():
+        return 0
+    for p in root.rglob(TEMP_PREFIX + "*"):
+        try:
+            p.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n

@@ -1,0 +1,195 @@
+"""The spine end to end, in-process: drop -> settle -> job -> engine -> outputs -> archive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from dropflow.daemon.store import Job
+from tests.conftest import RunningDaemon, wait_for
+from tests.engines import read_runs
+
+
+def drop(cfg_inbox: Path, name: str, data: bytes = b"hello", sub: str = "record") -> Path:
+    p = cfg_inbox / sub / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return p
+
+
+async def test_dropped_file_becomes_one_job_and_is_archived(daemon: RunningDaemon) -> None:
+    cfg = daemon.cfg
+    src = drop(cfg.paths.inbox, "a.txt", b"alpha")
+    [job] = await daemon.wait_status(1, ("succeeded",))
+    assert job.engine == "record" and job.route == "record"
+    assert job.input_path == str(src)
+    out = Path(job.outputs[0])
+    assert out.read_bytes() == b"alpha"
+    assert out.parent == cfg.paths.outputs / "record"
+    # the input left the watched tree for the archive, and the job says where
+    assert not src.exists()
+    await wait_for(lambda: _archived(daemon, job.id))
+    archived = Path((await daemon.store.get(job.id)).archived_path)  # type: ignore[union-attr,arg-type]
+    assert archived.read_bytes() == b"alpha" and cfg.paths.archive in archived.parents
+    assert job.usage["input_tokens"] == 5
+
+
+async def _archived(daemon: RunningDaemon, job_id: int) -> bool:
+    job = await daemon.store.get(job_id)
+    return bool(job and job.archived_path)
+
+
+async def test_same_content_twice_is_processed_once(daemon: RunningDaemon) -> None:
+    cfg = daemon.cfg
+    drop(cfg.paths.inbox, "one.txt", b"same bytes")
+    await daemon.wait_status(1, ("succeeded",))
+    second = drop(cfg.paths.inbox, "two.txt", b"same bytes")
+
+    async def moved() -> bool:
+        return not second.exists()
+
+    await wait_for(moved)
+    jobs = await daemon.jobs()
+    assert len(jobs) == 1
+    dupes = list((cfg.paths.archive / "record" / "duplicates").rglob("two.txt"))
+    assert len(dupes) == 1, "the duplicate is kept, in the archive"
+    events = await daemon.store.events(jobs[0].id)
+    assert any("dropped again" in e.message for e in events)
+    assert [r["event"] for r in read_runs(cfg.paths.state)].count("done") == 1
+
+
+async def test_temp_names_and_hidden_files_are_ignored(daemon: RunningDaemon) -> None:
+    cfg = daemon.cfg
+    for name in ("x.txt.part", ".hidden.txt", "~lock.txt", "y.crdownload", "z.tmp"):
+        drop(cfg.paths.inbox, name, b"ignored " + name.encode())
+    drop(cfg.paths.inbox, "real.txt", b"real")
+    jobs = await daemon.wait_status(1, ("succeeded",))
+    await asyncio.sleep(1.0)  # give the ignored names every chance to be (wrongly) picked up
+    jobs = await daemon.jobs()
+    assert [Path(j.input_path).name for j in jobs] == ["real.txt"]
+
+
+async def test_retryable_error_backs_off_then_succeeds(daemon: RunningDaemon) -> None:
+    cfg = daemon.cfg
+    (cfg.paths.inbox / "record" / "dropflow.yaml").write_text("params: {fail: retryable, fail_times: 2}\n")
+    drop(cfg.paths.inbox, "flaky.txt", b"flaky")
+    [job] = await daemon.wait_status(1, ("succeeded",))
+    assert job.attempts == 3
+    events = await daemon.store.events(job.id)
+    assert sum("pretend 429" in e.message and "retry at" in e.message for e in events) == 2
+
+
+async def test_permanent_error_fails_at_once_and_leaves_reason_beside_input(daemon: RunningDaemon) -> None:
+    cfg = daemon.cfg
+    (cfg.paths.inbox / "record" / "dropflow.yaml").write_text("params: {fail: permanent, fail_times: 9}\n")
+    src = drop(cfg.paths.inbox, "bad.txt", b"bad")
+    [job] = await daemon.wait_status(1, ("failed",))
+    assert job.attempts == 1
+    assert job.error and job.error["kind"] == "permanent" and "pretend 400" in job.error["message"]
+    assert src.exists(), "a failed input stays where the user dropped it"
+    sidecar = src.with_name("bad.txt.error.txt")
+    await wait_for(lambda: _exists(sidecar))
+    assert "pretend 400" in sidecar.read_text()
+
+
+async def _exists(p: Path) -> bool:
+    return p.exists()
+
+
+async def test_invalid_folder_override_fails_only_that_job(daemon: RunningDaemon) -> None:
+    cfg = daemon.cfg
+    bad = cfg.paths.inbox / "record" / "broken"
+    bad.mkdir(parents=True)
+    (bad / "dropflow.yaml").write_text("params:\n  seconds: 0\n  colour: red\n")
+    drop(cfg.paths.inbox, "broken/x.txt", b"x")
+    drop(cfg.paths.inbox, "fine.txt", b"fine")
+
+    async def settled() -> list[Job] | None:
+        jobs = await daemon.jobs()
+        done = [j for j in jobs if j.status in ("failed", "succeeded")]
+        return jobs if len(done) == 2 else None
+
+    jobs = await wait_for(settled)
+    by_name = {Path(j.input_path).name: j for j in jobs}
+    assert by_name["fine.txt"].status == "succeeded"
+    failed = by_name["x.txt"]
+    assert failed.status == "failed" and failed.error_kind == "config"
+    assert f"{bad / 'dropflow.yaml'}:3" in (failed.error_message or "")
+    assert "colour" in (failed.error_message or "")
+
+
+async def test_cancel_running_job(daemon: RunningDaemon) -> None:
+    cfg = daemon.cfg
+    (cfg.paths.inbox / "record" / "dropflow.yaml").write_text("params: {seconds: 30}\n")
+    drop(cfg.paths.inbox, "slow.txt", b"slow")
+    [job] = await daemon.wait_status(1, ("running",))
+    assert await daemon.store.cancel(job.id) == "requested"
+    [job] = await daemon.wait_status(1, ("cancelled",), timeout=5)
+    assert not job.outputs
+
+
+async def test_pause_and_resume_running_job(daemon: RunningDaemon) -> None:
+    cfg = daemon.cfg
+    (cfg.paths.inbox / "record" / "dropflow.yaml").write_text("params: {seconds: 1.5}\n")
+    drop(cfg.paths.inbox, "p.txt", b"p")
+    [job] = await daemon.wait_status(1, ("running",))
+    assert await daemon.store.pause(job.id) == "requested"
+    [job] = await daemon.wait_status(1, ("paused",), timeout=5)
+    assert job.attempts == 0, "a pause is not a failed attempt"
+    assert await daemon.store.resume(job.id) == "resumed"
+    [job] = await daemon.wait_status(1, ("succeeded",))
+
+
+async def test_engine_pause_holds_new_jobs(daemon: RunningDaemon) -> None:
+    cfg = daemon.cfg
+    await daemon.store.pause_engine("record", True)
+    drop(cfg.paths.inbox, "held.txt", b"held")
+    [job] = await daemon.wait_status(1, ("queued",))
+    await asyncio.sleep(0.5)
+    assert (await daemon.store.get(job.id)).status == "queued"  # type: ignore[union-attr]
+    await daemon.store.pause_engine("record", False)
+    await daemon.wait_status(1, ("succeeded",))
+
+
+async def test_wait_result_frees_slot_and_comes_back(daemon: RunningDaemon) -> None:
+    cfg = daemon.cfg
+    (cfg.paths.inbox / "record" / "dropflow.yaml").write_text("params: {wait_once: 0.3}\n")
+    drop(cfg.paths.inbox, "w.txt", b"w")
+    [job] = await daemon.wait_status(1, ("succeeded",))
+    assert job.remote_task_id == f"rec-{job.id}"
+    assert job.attempts == 1, "waiting on a remote task does not use up attempts"
+    starts = [r for r in read_runs(cfg.paths.state) if r["event"] == "start"]
+    assert len(starts) == 2
+
+
+async def test_priority_orders_claims(daemon: RunningDaemon) -> None:
+    cfg = daemon.cfg
+    await daemon.store.pause_engine(None, True)
+    for i in range(3):
+        drop(cfg.paths.inbox, f"n{i}.txt", f"n{i}".encode())
+    jobs = await daemon.wait_status(3, ("queued",))
+    last = max(j.id for j in jobs)
+    await daemon.store.set_priority(last, 10)
+    cfg.scheduler.max_concurrency = 1
+    await daemon.store.pause_engine(None, False)
+    await daemon.wait_status(3, ("succeeded",))
+    order = [r["job"] for r in read_runs(cfg.paths.state) if r["event"] == "start"]
+    assert order[0] == last
+
+
+def test_jobs_json_shape(tmp_path: Path) -> None:
+    from dropflow.daemon.store import NewJob, Store
+
+    async def go() -> dict[str, object]:
+        async with Store.open(tmp_path / "db.sqlite") as s:
+            [r] = await s.insert_jobs([NewJob("record", "record", "/x/a.txt", "h1")])
+            job = await s.get(r.job_id)
+            assert job is not None
+            return job.as_dict()
+
+    d = asyncio.run(go())
+    assert json.loads(json.dumps(d))["status"] == "queued"
+    for key in ("id", "engine", "status", "input", "progress", "outputs", "error"):
+        assert key in d
+    assert d["error"] is None and d["outputs"] == []
