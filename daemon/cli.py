@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import sys
@@ -26,14 +27,20 @@ from dropflow.engine.errors import ConfigError, DropflowError, InputError, rende
 
 T = TypeVar("T")
 
+# Commands that belong to one part (the TUI, an engine) live beside it. Each module has
+# `add_commands(subparsers)` and must import only light things at module level.
+COMMAND_MODULES = ("dropflow.tui.commands", "dropflow.engine.dataset_cli", "dropflow.engine.cluster_cli")
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_MISSING, EXIT_STATE = 0, 1, 2, 3, 4, 5
 
 
-def _config(args: argparse.Namespace) -> Config:
+def load_config(args: argparse.Namespace) -> Config:
+    """The config named by --config / $DROPFLOW_CONFIG / ./config.yaml."""
     return load(find_config(args.config))
 
 
-def _store_call(cfg: Config, fn: Callable[[Store], Awaitable[T]]) -> T:
+def with_store(cfg: Config, fn: Callable[[Store], Awaitable[T]]) -> T:
+    """Run `fn(store)` on the config's database in a fresh event loop (for sync commands)."""
     async def go() -> T:
         async with Store.open(cfg.paths.database) as store:
             return await fn(store)
@@ -84,7 +91,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from dropflow.daemon import logs
     from dropflow.daemon.daemon import Daemon
 
-    cfg = _config(args)
+    cfg = load_config(args)
     redact = logs.Redactor(cfg.secrets())
     logs.setup(
         args.log_level or cfg.logging.level,
@@ -116,8 +123,8 @@ def _short(path: str, width: int = 48) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    jobs = _store_call(
+    cfg = load_config(args)
+    jobs = with_store(
         cfg,
         lambda s: s.list(status=args.status, engine=args.engine, limit=args.limit, newest_first=True),
     )
@@ -139,12 +146,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = load_config(args)
 
     async def get(store: Store) -> tuple[Job | None, list[Any]]:
         return await store.get(args.id), await store.events(args.id)
 
-    job, events = _store_call(cfg, get)
+    job, events = with_store(cfg, get)
     if job is None:
         print(f"no job {args.id}", file=sys.stderr)
         return EXIT_MISSING
@@ -184,13 +191,13 @@ _OUTCOME_EXIT = {"missing": EXIT_MISSING, "noop": EXIT_STATE, "running": EXIT_ST
 
 
 def _edit(args: argparse.Namespace, action: str) -> int:
-    cfg = _config(args)
+    cfg = load_config(args)
 
     async def go(store: Store) -> str:
         fn = getattr(store, action)
         return await fn(args.id)
 
-    outcome = _store_call(cfg, go)
+    outcome = with_store(cfg, go)
     words = {
         "missing": f"no job {args.id}",
         "noop": f"job {args.id}: nothing to {action} in its current state",
@@ -208,15 +215,15 @@ def cmd_pause_resume(args: argparse.Namespace, pause: bool) -> int:
     if not args.engine and not args.all:
         print(f"say what to {verb}: a job ID, --engine NAME or --all", file=sys.stderr)
         return EXIT_USAGE
-    cfg = _config(args)
-    _store_call(cfg, lambda s: s.pause_engine(None if args.all else args.engine, pause))
+    cfg = load_config(args)
+    with_store(cfg, lambda s: s.pause_engine(None if args.all else args.engine, pause))
     print(f"{verb}d {'all engines' if args.all else 'engine ' + args.engine}")
     return EXIT_OK
 
 
 def cmd_priority(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    outcome = _store_call(cfg, lambda s: s.set_priority(args.id, args.priority))
+    cfg = load_config(args)
+    outcome = with_store(cfg, lambda s: s.set_priority(args.id, args.priority))
     if outcome == "missing":
         print(f"no job {args.id}", file=sys.stderr)
         return EXIT_MISSING
@@ -245,7 +252,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from dropflow.daemon.router import Router
     from dropflow.engine import files
 
-    cfg = _config(args)
+    cfg = load_config(args)
     load_plugins(cfg)
     router = Router(cfg)
     path = Path(args.path).expanduser().resolve()
@@ -306,7 +313,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         )
         for unit, inputs, batch in units
     ]
-    results = _store_call(cfg, lambda s: s.insert_jobs(new))
+    results = with_store(cfg, lambda s: s.insert_jobs(new))
     for nj, res in zip(new, results, strict=True):
         if res.created:
             print(f"job {res.job_id}: queued {nj.input_path} ({route.engine})")
@@ -323,7 +330,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     from dropflow.daemon.router import Router
     from dropflow.daemon.watcher import Watcher
 
-    cfg = _config(args)
+    cfg = load_config(args)
     if args.action == "show":
         print(f"# {cfg.source}\n" + redacted_dump(cfg), end="")
         return EXIT_OK
@@ -432,6 +439,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("config", help="check or show the configuration")
     s.add_argument("action", choices=["check", "show"])
     s.set_defaults(fn=cmd_config)
+
+    for module in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.add_commands(sub)
     return p
 
 

@@ -12,7 +12,12 @@ import importlib
 from dropflow.engine.base import Engine
 from dropflow.engine.errors import ConfigError
 
-BUILTINS: dict[str, str] = {}
+BUILTINS: dict[str, str] = {
+    "annotate": "dropflow.engine.annotate:AnnotateEngine",
+    "dataset": "dropflow.engine.dataset:DatasetEngine",
+    "video-gen": "dropflow.engine.videogen:VideoGenEngine",
+    "cluster": "dropflow.engine.cluster:ClusterEngine",
+}
 
 _engines: dict[str, type[Engine]] = {}
 
