@@ -93,6 +93,9 @@ class Daemon:
         try:
             async with Store.open(cfg.paths.database) as store:
                 await store.register_daemon(self.owner, __version__)
+                # engines with tables of their own (cluster persons) or cross-job limits
+                # (video-gen tasks in flight) reach the store through services
+                self.services["store"] = store
                 router = Router(cfg)
                 intake = Intake(cfg, store, router)
                 scheduler = Scheduler(cfg, store, router, intake, hub, self.owner, self.redact, self.services)
