@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-
 from dropflow.daemon import __version__
 from dropflow.daemon.config import Config, find_config, load, redacted_dump
 from dropflow.daemon.store import STATUSES, Job, NewJob, Store
@@ -41,6 +40,7 @@ def load_config(args: argparse.Namespace) -> Config:
 
 def with_store(cfg: Config, fn: Callable[[Store], Awaitable[T]]) -> T:
     """Run `fn(store)` on the config's database in a fresh event loop (for sync commands)."""
+
     async def go() -> T:
         async with Store.open(cfg.paths.database) as store:
             return await fn(store)
@@ -137,7 +137,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{'ID':>6}  {'ENGINE':<9} {'STATUS':<9} {'PROG':>5} {'TRY':>4} {'AGE':>4}  INPUT / MESSAGE")
     for j in jobs:
-        msg = j.error_message.splitlines()[0] if j.status == "failed" and j.error_message else j.progress_message
+        msg = (
+            j.error_message.splitlines()[0]
+            if j.status == "failed" and j.error_message
+            else j.progress_message
+        )
         print(
             f"{j.id:>6}  {j.engine:<9} {j.status:<9} {int(j.progress * 100):>4}% {j.attempts:>2}/{j.max_attempts:<1}"
             f" {_age(j.created_at):>4}  {_short(j.input_path)}" + (f"  — {msg}" if msg else "")
@@ -161,10 +165,17 @@ def cmd_job(args: argparse.Namespace) -> int:
         print(json.dumps(data, ensure_ascii=False, indent=1))
         return EXIT_OK
     print(f"job {job.id}  {job.engine}  {job.status}  ({int(job.progress * 100)}% {job.progress_message})")
-    print(f"  input:    {job.input_path}" + (f"  (+{len(job.input_paths) - 1} more)" if len(job.input_paths) > 1 else ""))
+    print(
+        f"  input:    {job.input_path}"
+        + (f"  (+{len(job.input_paths) - 1} more)" if len(job.input_paths) > 1 else "")
+    )
     if job.archived_path:
         print(f"  archived: {job.archived_path}")
-    print(f"  route:    {job.route}" + (f"  batch {job.batch}" if job.batch else "") + f"  provider {job.provider or 'default'}")
+    print(
+        f"  route:    {job.route}"
+        + (f"  batch {job.batch}" if job.batch else "")
+        + f"  provider {job.provider or 'default'}"
+    )
     print(f"  attempts: {job.attempts}/{job.max_attempts}  priority {job.priority}")
     if job.params:
         print(f"  params:   {json.dumps(job.params, ensure_ascii=False)}")
@@ -292,7 +303,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     else:
         inputs = [path] if path.is_dir() else eng.inputs_for(path)
         if inputs is None:
-            raise InputError(f"engine {route.engine!r} does not take {path.name}", hint="choose another --engine")
+            raise InputError(
+                f"engine {route.engine!r} does not take {path.name}", hint="choose another --engine"
+            )
         units.append((path, inputs, path.name if eng.unit == "folder" else ""))
     if not units:
         raise InputError(f"nothing in {path} that engine {route.engine!r} takes", hint="check the file types")
@@ -318,7 +331,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if res.created:
             print(f"job {res.job_id}: queued {nj.input_path} ({route.engine})")
         else:
-            print(f"job {res.job_id}: already has this content ({nj.input_path}); use --force to run it again")
+            print(
+                f"job {res.job_id}: already has this content ({nj.input_path}); use --force to run it again"
+            )
     return EXIT_OK
 
 
@@ -386,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         "get annotations, datasets, videos and face clusters in outputs/.",
     )
     p.add_argument("--version", action="version", version=f"dropflow {__version__}")
-    p.add_argument("--config", help=f"config file (default: $DROPFLOW_CONFIG or ./config.yaml)")
+    p.add_argument("--config", help="config file (default: $DROPFLOW_CONFIG or ./config.yaml)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("init", help="create config.yaml, inbox/, outputs/ and prompts/ in DIR")
@@ -418,8 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="run even if this content was processed before")
     s.set_defaults(fn=cmd_submit)
 
-    for name, help_ in (("retry", "queue a failed or cancelled job again"), ("cancel", "cancel a job"),
-                        ("remove", "delete a job's record (not its files)")):
+    for name, help_ in (
+        ("retry", "queue a failed or cancelled job again"),
+        ("cancel", "cancel a job"),
+        ("remove", "delete a job's record (not its files)"),
+    ):
         s = sub.add_parser(name, help=help_)
         s.add_argument("id", type=int)
         s.set_defaults(fn=lambda a, action=name: _edit(a, action))
@@ -469,4 +487,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

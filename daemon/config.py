@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-
 from dropflow.engine.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 M = TypeVar("M", bound="BaseModel")
 
@@ -29,7 +28,9 @@ class _Model(BaseModel):
 
 
 class Paths(_Model):
-    inbox: Path = Field(Path("inbox"), description="Root of the watched drop folders (one subfolder per route).")
+    inbox: Path = Field(
+        Path("inbox"), description="Root of the watched drop folders (one subfolder per route)."
+    )
     outputs: Path = Field(Path("outputs"), description="Where results go, one folder per engine.")
     archive: Path = Field(Path("archive"), description="Where processed inputs are moved; never deleted.")
     prompts: Path = Field(Path("prompts"), description="Prompt templates referenced by routes.")
@@ -46,7 +47,9 @@ class Paths(_Model):
 
 class WatchSettings(_Model):
     settle_seconds: float = Field(2.0, ge=0, description="A file is ready when unchanged this long.")
-    rescan_seconds: float = Field(30.0, gt=0, description="Full rescan period; watcher events are only hints.")
+    rescan_seconds: float = Field(
+        30.0, gt=0, description="Full rescan period; watcher events are only hints."
+    )
     check_seconds: float = Field(0.25, gt=0, description="How often pending files are re-checked.")
     force_polling: bool = Field(False, description="Poll instead of OS events (network mounts, containers).")
     trust_mtime: bool = Field(
@@ -120,10 +123,14 @@ class Route(_Model):
     folder: str = Field(description="Inbox subfolder this route watches, relative to paths.inbox.")
     engine: str = Field(description="Engine name: annotate, dataset, video-gen, cluster (or a plugin).")
     glob: str = Field("*", description="Only names matching this pattern (fnmatch, case-insensitive).")
-    provider: ProviderName | None = Field(None, description="Provider for this route; providers.default if empty.")
+    provider: ProviderName | None = Field(
+        None, description="Provider for this route; providers.default if empty."
+    )
     priority: int = Field(0, description="Higher runs first.")
     max_attempts: int | None = Field(None, ge=1, description="Overrides scheduler.max_attempts.")
-    params: dict[str, Any] = Field(default_factory=dict, description="Engine parameters (validated by the engine).")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Engine parameters (validated by the engine)."
+    )
 
     @field_validator("folder")
     @classmethod
@@ -207,7 +214,9 @@ class FolderOverride(_Model):
     provider: ProviderName | None = Field(None, description="Provider for files below this folder.")
     priority: int | None = Field(None, description="Priority for files below this folder.")
     max_attempts: int | None = Field(None, ge=1, description="Attempts for files below this folder.")
-    params: dict[str, Any] = Field(default_factory=dict, description="Engine parameters merged over the route's.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Engine parameters merged over the route's."
+    )
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -254,7 +263,9 @@ def _parse_yaml(path: Path, text: str) -> tuple[Any, yaml.Node | None]:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: not valid YAML: {problem}", hint="fix the YAML syntax at that line") from exc
+        raise ConfigError(
+            f"{where}: not valid YAML: {problem}", hint="fix the YAML syntax at that line"
+        ) from exc
     return data, node
 
 

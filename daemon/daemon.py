@@ -7,7 +7,6 @@ Signal handlers only set the stop event; the scheduler then lets running jobs fi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from typing import Any
@@ -21,40 +20,9 @@ from dropflow.daemon.scheduler import Scheduler
 from dropflow.daemon.store import Store, owner_id
 from dropflow.daemon.watcher import Watcher
 from dropflow.engine import files, registry
-from dropflow.engine.providers import build_videogen, build_vision, resolve_default
-from dropflow.engine.providers.base import VideoGenProvider, VisionProvider
+from dropflow.engine.providers import ProviderPool, resolve_default
 
 log = logging.getLogger("dropflow.daemon")
-
-
-class ProviderHub:
-    """Builds each provider once per daemon (so rate limits are shared) and resolves `auto`."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.default, self.announcement = resolve_default(cfg.providers)
-        self._vision: dict[str, VisionProvider] = {}
-        self._videogen: dict[str, VideoGenProvider] = {}
-
-    def _name(self, name: str | None) -> str:
-        return self.default if name in (None, "auto") else str(name)
-
-    def vision(self, name: str | None) -> VisionProvider:
-        key = self._name(name)
-        if key not in self._vision:
-            self._vision[key] = build_vision(key, self.cfg.providers, state_dir=self.cfg.paths.state)
-        return self._vision[key]
-
-    def videogen(self, name: str | None) -> VideoGenProvider:
-        key = self._name(name)
-        if key not in self._videogen:
-            self._videogen[key] = build_videogen(key, self.cfg.providers, state_dir=self.cfg.paths.state)
-        return self._videogen[key]
-
-    async def aclose(self) -> None:
-        for p in [*self._vision.values(), *self._videogen.values()]:
-            with contextlib.suppress(Exception):
-                await p.aclose()
 
 
 def load_plugins(cfg: Config) -> None:
@@ -85,11 +53,12 @@ class Daemon:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
-        hub = ProviderHub(cfg)
-        if hub.announcement:
-            log.warning(hub.announcement)
+        default, announcement = resolve_default(cfg.providers)
+        if announcement:
+            log.warning(announcement)
         else:
-            log.info("default provider: %s", hub.default)
+            log.info("default provider: %s", default)
+        hub = ProviderPool(cfg.providers, state_dir=cfg.paths.state)
         try:
             async with Store.open(cfg.paths.database) as store:
                 await store.register_daemon(self.owner, __version__)
@@ -105,7 +74,10 @@ class Daemon:
                     watcher.remember_path(path)
                 log.info(
                     "dropflow %s watching %s (outputs %s, database %s)",
-                    __version__, cfg.paths.inbox, cfg.paths.outputs, cfg.paths.database,
+                    __version__,
+                    cfg.paths.inbox,
+                    cfg.paths.outputs,
+                    cfg.paths.database,
                 )
                 try:
                     async with asyncio.TaskGroup() as tg:

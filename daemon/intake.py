@@ -25,7 +25,9 @@ ERROR_SUFFIX = ".error.txt"
 
 
 class Intake:
-    def __init__(self, cfg: Config, store: Store, router: Router, on_new: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, cfg: Config, store: Store, router: Router, on_new: Callable[[], None] | None = None
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.router = router
@@ -52,7 +54,9 @@ class Intake:
                 continue
             error = plan.error
             if isinstance(digest, OSError):
-                error = InputError(f"cannot read {plan.path}: {digest.strerror}", hint="check the file's permissions")
+                error = InputError(
+                    f"cannot read {plan.path}: {digest.strerror}", hint="check the file's permissions"
+                )
                 digest = f"unreadable:{plan.path}:{time.time_ns()}"
             new_jobs.append(
                 NewJob(
@@ -97,7 +101,7 @@ class Intake:
                 self.on_new()
             return
         if existing.input_path == nj.input_path:
-            if existing.status == "succeeded" and path.exists() and existing.source == "inbox":
+            if existing.status == "succeeded" and existing.source == "inbox":
                 # finished, but the daemon stopped before it archived the input: finish that now
                 archived = await asyncio.to_thread(self.archive_inputs, existing)
                 if archived:
@@ -142,7 +146,9 @@ def write_error_sidecar(path: Path, error: dict[str, object]) -> None:
     text = f"dropflow could not process {path.name}\n\nerror ({error.get('kind')}): {error.get('message')}\n"
     if error.get("hint"):
         text += f"fix: {error.get('hint')}\n"
-    text += "\nRetry with `dropflow retry ID` (see `dropflow jobs --status failed`), or drop the file again.\n"
+    text += (
+        "\nRetry with `dropflow retry ID` (see `dropflow jobs --status failed`), or drop the file again.\n"
+    )
     try:
         files.write_text(error_sidecar(path), text)
     except OSError as exc:  # a read-only inbox must not take the daemon down

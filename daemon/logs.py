@@ -49,7 +49,9 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def setup(level: str, log_dir: Path | None, redact: Redactor, *, max_bytes: int = 5_000_000, backups: int = 5) -> None:
+def setup(
+    level: str, log_dir: Path | None, redact: Redactor, *, max_bytes: int = 5_000_000, backups: int = 5
+) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_dropflow", False):
@@ -63,7 +65,9 @@ def setup(level: str, log_dir: Path | None, redact: Redactor, *, max_bytes: int 
         old = os.umask(0o077)
         try:
             handlers.append(
-                logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+                logging.handlers.RotatingFileHandler(
+                    path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+                )
             )
         finally:
             os.umask(old)

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
-
 from dropflow.daemon.config import FOLDER_OVERRIDE_NAME, Config, FolderOverride, Route, line_of, load_override
 from dropflow.engine import registry
 from dropflow.engine.base import Engine
 from dropflow.engine.errors import ConfigError, DropflowError
+from pydantic import ValidationError
 
 TEMP_SUFFIXES = (".part", ".crdownload", ".download", ".tmp", ".partial", ".swp")
 SIDECAR_SUFFIXES = (".error.txt",)
@@ -199,14 +198,14 @@ def _key_line(path: Path, loc: tuple[int | str, ...]) -> int | None:
         return None
     line = line_of(node, loc)
     # _line_of stops at the deepest key it found; only a full match is an answer
-    probe = node
+    probe: yaml.Node | None = node
     for part in loc:
         if isinstance(probe, yaml.MappingNode):
-            probe = next((v for k, v in probe.value if k.value == part), None)  # type: ignore[assignment]
+            probe = next((v for k, v in probe.value if k.value == part), None)
         elif isinstance(probe, yaml.SequenceNode) and isinstance(part, int) and part < len(probe.value):
             probe = probe.value[part]
         else:
-            probe = None  # type: ignore[assignment]
+            probe = None
         if probe is None:
             return None
     return line

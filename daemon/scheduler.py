@@ -9,6 +9,7 @@ remote task ids). Error kinds decide: retryable -> `waiting` with exponential ba
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -135,9 +136,9 @@ class Scheduler:
             ctx.cancel_reason = job.control
         task = asyncio.create_task(self._execute(job, ctx), name=f"dropflow-job-{job.id}")
         self.running[job.id] = _Running(job, task, ctx)
-        task.add_done_callback(lambda _t, jid=job.id: self._done(jid))
+        task.add_done_callback(functools.partial(self._done, job.id))
 
-    def _done(self, job_id: int) -> None:
+    def _done(self, job_id: int, _task: object = None) -> None:
         self.running.pop(job_id, None)
         self.wake.set()
 
@@ -187,7 +188,9 @@ class Scheduler:
                 await asyncio.shield(self.store.finish_cancelled(job.id, self.owner, "cancelled by user"))
             else:
                 to = "paused" if stop == "pause" else "queued"
-                await asyncio.shield(self.store.release(job.id, self.owner, to=to, message=f"released ({to})"))
+                await asyncio.shield(
+                    self.store.release(job.id, self.owner, to=to, message=f"released ({to})")
+                )
             if stop is None:
                 raise
             return
@@ -202,7 +205,11 @@ class Scheduler:
             return
         if isinstance(result, Wait):
             await self.store.reschedule(
-                job.id, self.owner, at=time.time() + result.seconds, message=result.message, usage=result.usage
+                job.id,
+                self.owner,
+                at=time.time() + result.seconds,
+                message=result.message,
+                usage=result.usage,
             )
             return
         await self._succeeded(job, result)
@@ -210,7 +217,12 @@ class Scheduler:
     async def _succeeded(self, job: Job, result: Done) -> None:
         outputs = [str(p) for p in result.outputs]
         ok = await self.store.succeed(
-            job.id, self.owner, outputs=outputs, usage=result.usage, archived_path=None, message=result.message
+            job.id,
+            self.owner,
+            outputs=outputs,
+            usage=result.usage,
+            archived_path=None,
+            message=result.message,
         )
         if not ok:
             log.warning("job %d finished but its lease was lost; result kept, state unchanged", job.id)
@@ -246,7 +258,12 @@ class Scheduler:
             retry_at = time.time() + delay
             log.warning(
                 "job %d (%s) attempt %d/%d: %s; retry in %.1fs",
-                job.id, job.engine, job.attempts, job.max_attempts, payload["message"], delay,
+                job.id,
+                job.engine,
+                job.attempts,
+                job.max_attempts,
+                payload["message"],
+                delay,
             )
         else:
             log.error("job %d (%s) failed: %s", job.id, job.engine, payload["message"])
@@ -296,7 +313,9 @@ class Scheduler:
         if not self.running:
             return
         tasks = [r.task for r in self.running.values()]
-        log.info("waiting up to %.0fs for %d running job(s)", self.settings.shutdown_grace_seconds, len(tasks))
+        log.info(
+            "waiting up to %.0fs for %d running job(s)", self.settings.shutdown_grace_seconds, len(tasks)
+        )
         _done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
         for t in pending:
             t.cancel()

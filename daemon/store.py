@@ -8,6 +8,8 @@ picks up within a scheduler tick. So edits go in whether or not the daemon is up
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 import json
 import os
 import socket
@@ -19,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-
 from dropflow.daemon.schema import MIGRATIONS
 
 STATUSES = ("queued", "running", "waiting", "paused", "succeeded", "failed", "cancelled")
@@ -125,7 +126,7 @@ _JSON_COLS = {"input_paths", "params", "outputs", "checkpoint", "usage"}
 
 
 def _job(row: aiosqlite.Row) -> Job:
-    data = {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row has no items()
+    data = {k: row[k] for k in row.keys()}
     for k in _JSON_COLS:
         data[k] = json.loads(data[k])
     data["forced"] = bool(data["forced"])
@@ -181,6 +182,9 @@ class Store:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self.db = db
         self.path = path
+        # One connection is shared by every task of the process: without this lock a second
+        # task's BEGIN would land inside the first one's transaction.
+        self._write_lock = asyncio.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -204,32 +208,37 @@ class Store:
             if not readonly:
                 await store.migrate()
             for suffix in ("", "-wal", "-shm"):
-                p = Path(str(path) + suffix)
-                if p.exists():
-                    os.chmod(p, 0o600)
+                try:  # a few microseconds, once per open: not worth a thread hop
+                    os.chmod(str(path) + suffix, 0o600)
+                except FileNotFoundError:
+                    pass
             yield store
         finally:
             await db.close()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """`BEGIN IMMEDIATE`: take the write lock up front so a claim can't be raced."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            # rollback() is a no-op if the error already destroyed the transaction
-            await self.db.execute("ROLLBACK")
-            raise
-        else:
-            await self.db.execute("COMMIT")
+        """`BEGIN IMMEDIATE`: take the write lock up front so a claim can't be raced.
 
-    async def migrate(self) -> list[int]:
+        Not re-entrant: methods called inside one use the bare statements, never `transaction()`.
+        """
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                if self.db.in_transaction:  # the error may already have ended it
+                    await self.db.execute("ROLLBACK")
+                raise
+            else:
+                await self.db.execute("COMMIT")
+
+    async def migrate(self) -> builtins.list[int]:
         await self.db.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
         )
-        applied: list[int] = []
+        applied: builtins.list[int] = []
         for version, name, ddl in MIGRATIONS:
             async with self.transaction() as db:
                 cur = await db.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,))
@@ -257,10 +266,10 @@ class Store:
 
     # --- inserting --------------------------------------------------------------------------------
 
-    async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[InsertResult]:
+    async def insert_jobs(self, jobs: Sequence[NewJob]) -> builtins.list[InsertResult]:
         """Insert a batch in one transaction; a job whose (route, batch, hash) exists is not added."""
         now = time.time()
-        out: list[InsertResult] = []
+        out: builtins.list[InsertResult] = []
         async with self.transaction() as db:
             for j in jobs:
                 err = j.error or {}
@@ -322,8 +331,9 @@ class Store:
         limit: int | None = None,
         after_id: int | None = None,
         newest_first: bool = False,
-    ) -> list[Job]:
-        where, args = [], []  # type: ignore[var-annotated]
+    ) -> builtins.list[Job]:
+        where: builtins.list[str] = []
+        args: builtins.list[Any] = []
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)
             where.append(f"status IN ({','.join('?' * len(statuses))})")
@@ -362,7 +372,7 @@ class Store:
             out.update(json.loads(paths))
         return out
 
-    async def events(self, job_id: int | None = None, *, limit: int = 200) -> list[Event]:
+    async def events(self, job_id: int | None = None, *, limit: int = 200) -> builtins.list[Event]:
         if job_id is None:
             cur = await self.db.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
         else:
@@ -372,7 +382,7 @@ class Store:
         rows = await cur.fetchall()
         return [
             Event(r["id"], r["job_id"], r["at"], r["kind"], r["message"], json.loads(r["data"]))
-            for r in reversed(rows)
+            for r in reversed(builtins.list(rows))
         ]
 
     # --- claiming and leases ----------------------------------------------------------------------
@@ -385,7 +395,7 @@ class Store:
         engine_slots: dict[str, int],
         lease_seconds: float,
         paused_engines: Iterable[str] = (),
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         """Take up to `slots` due jobs, highest priority first, honouring per-engine free slots.
 
         Jobs with a pending cancel are due at once so that their engine can act on it
@@ -406,7 +416,7 @@ class Store:
             args += excluded
         sql += " ORDER BY priority DESC, id LIMIT ?"
         args.append(slots * 4 + 16)
-        claimed: list[int] = []
+        claimed: builtins.list[int] = []
         async with self.transaction() as db:
             cur = await db.execute(sql, args)
             free = dict(engine_slots)
@@ -426,7 +436,9 @@ class Store:
                     f" WHERE id IN ({marks})",
                     [owner, now + lease_seconds, now, now, *claimed],
                 )
-                cur = await db.execute(f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY priority DESC, id", claimed)
+                cur = await db.execute(
+                    f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY priority DESC, id", claimed
+                )
                 return [_job(r) for r in await cur.fetchall()]
         return []
 
@@ -450,7 +462,7 @@ class Store:
         )
         return {int(r[0]): r[1] for r in await cur.fetchall()}
 
-    async def reclaim(self, *, owner: str) -> list[int]:
+    async def reclaim(self, *, owner: str) -> builtins.list[int]:
         """Put back running jobs whose lease expired or whose owner process is gone."""
         now = time.time()
         async with self.transaction() as db:
@@ -482,9 +494,10 @@ class Store:
         return cur.rowcount == 1
 
     async def set_progress(self, job_id: int, owner: str, progress: float, message: str) -> bool:
-        return await self._owned_update(
-            job_id, owner, "progress = ?, progress_message = ?", (max(0.0, min(1.0, progress)), message)
-        )
+        async with self.transaction():
+            return await self._owned_update(
+                job_id, owner, "progress = ?, progress_message = ?", (max(0.0, min(1.0, progress)), message)
+            )
 
     async def save_checkpoint(
         self, job_id: int, owner: str, checkpoint: dict[str, Any], *, remote_task_id: str | None = None
@@ -532,7 +545,9 @@ class Store:
                 ),
             )
             if ok:
-                await self._event(job_id, "state", "succeeded", {"status": "succeeded", "outputs": list(outputs)})
+                await self._event(
+                    job_id, "state", "succeeded", {"status": "succeeded", "outputs": list(outputs)}
+                )
         return ok
 
     async def set_archived(self, job_id: int, archived_path: str) -> None:
@@ -551,7 +566,7 @@ class Store:
     ) -> bool:
         """Record an error: back to `waiting` until `retry_at`, or `failed` when it is None."""
         now = time.time()
-        usage_sets, usage_args = "", ()  # type: ignore[var-annotated]
+        usage_sets, usage_args = "", ()  # type: tuple[str, tuple[Any, ...]]
         if usage is not None:
             usage_sets = ", usage = ?, tokens_in = ?, tokens_out = ?"
             usage_args = (
@@ -577,8 +592,14 @@ class Store:
                 ),
             )
             if ok:
-                what = f"retry at {time.strftime('%H:%M:%S', time.localtime(retry_at))}" if retry_at else "failed"
-                await self._event(job_id, "error", f"{error.get('message')} ({what})", {"status": status, **error})
+                what = (
+                    f"retry at {time.strftime('%H:%M:%S', time.localtime(retry_at))}"
+                    if retry_at
+                    else "failed"
+                )
+                await self._event(
+                    job_id, "error", f"{error.get('message')} ({what})", {"status": status, **error}
+                )
         return ok
 
     async def reschedule(
@@ -590,15 +611,18 @@ class Store:
         """
         extra = ", usage = ?" if usage is not None else ""
         args: tuple[Any, ...] = (at, message) + ((json.dumps(usage),) if usage is not None else ())
-        return await self._owned_update(
-            job_id,
-            owner,
-            "status = 'waiting', next_attempt_at = ?, progress_message = ?, attempts = MAX(attempts - 1, 0),"
-            " lease_owner = NULL, lease_expires_at = NULL" + extra,
-            args,
-        )
+        async with self.transaction():
+            return await self._owned_update(
+                job_id,
+                owner,
+                "status = 'waiting', next_attempt_at = ?, progress_message = ?, attempts = MAX(attempts - 1, 0),"
+                " lease_owner = NULL, lease_expires_at = NULL" + extra,
+                args,
+            )
 
-    async def release(self, job_id: int, owner: str, *, to: str = "queued", message: str = "released") -> bool:
+    async def release(
+        self, job_id: int, owner: str, *, to: str = "queued", message: str = "released"
+    ) -> bool:
         """Give a running job back unfinished (shutdown, pause): no attempt is charged."""
         async with self.transaction():
             ok = await self._owned_update(
@@ -658,7 +682,9 @@ class Store:
                 await self._set_status(job_id, "paused", "paused by user")
                 return "paused"
             if job.status == "running":
-                await db.execute("UPDATE jobs SET control = 'pause', updated_at = ? WHERE id = ?", (time.time(), job_id))
+                await db.execute(
+                    "UPDATE jobs SET control = 'pause', updated_at = ? WHERE id = ?", (time.time(), job_id)
+                )
                 await self._event(job_id, "command", "pause requested")
                 return "requested"
             return "noop"
@@ -749,7 +775,9 @@ class Store:
             )
 
     async def paused_engines(self) -> tuple[bool, set[str]]:
-        return bool(await self.get_setting("paused_all", False)), set(await self.get_setting("paused_engines", []))
+        return bool(await self.get_setting("paused_all", False)), set(
+            await self.get_setting("paused_engines", [])
+        )
 
     async def pause_engine(self, engine: str | None, paused: bool) -> None:
         """Hold (or release) every job of one engine, or of all engines when `engine` is None."""
@@ -759,17 +787,23 @@ class Store:
             engines = set(await self.get_setting("paused_engines", []))
             (engines.add if paused else engines.discard)(engine)
             await self.set_setting("paused_engines", sorted(engines))
-        await self.add_event(None, "command", f"{'paused' if paused else 'resumed'} {engine or 'all engines'}")
+        await self.add_event(
+            None, "command", f"{'paused' if paused else 'resumed'} {engine or 'all engines'}"
+        )
 
     # --- events and daemons ----------------------------------------------------------------------
 
-    async def _event(self, job_id: int | None, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+    async def _event(
+        self, job_id: int | None, kind: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
         await self.db.execute(
             "INSERT INTO events(job_id, at, kind, message, data) VALUES (?, ?, ?, ?, ?)",
             (job_id, time.time(), kind, message, json.dumps(data or {})),
         )
 
-    async def add_event(self, job_id: int | None, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+    async def add_event(
+        self, job_id: int | None, kind: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
         async with self.transaction():
             await self._event(job_id, kind, message, data)
 
@@ -786,7 +820,7 @@ class Store:
         async with self.transaction() as db:
             await db.execute("UPDATE daemons SET stopped_at = ? WHERE owner = ?", (time.time(), owner))
 
-    async def live_daemons(self, *, stale_after: float) -> list[dict[str, Any]]:
+    async def live_daemons(self, *, stale_after: float) -> builtins.list[dict[str, Any]]:
         """Daemons that have beaten their heart within `stale_after` seconds and did not stop."""
         cur = await self.db.execute(
             "SELECT * FROM daemons WHERE stopped_at IS NULL AND heartbeat_at > ? ORDER BY started_at",
@@ -795,7 +829,7 @@ class Store:
         return [dict(r) for r in await cur.fetchall()]
 
 
-def _statements(ddl: str) -> list[str]:
+def _statements(ddl: str) -> builtins.list[str]:
     out, buf = [], []
     for line in ddl.splitlines():
         code = line.split("--", 1)[0]

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import watchfiles
-
 from dropflow.daemon.config import Route, WatchSettings
 from dropflow.daemon.router import TEMP_SUFFIXES, Router, is_ignored_name
 
@@ -207,7 +206,9 @@ class Watcher:
                     self.hint(path)
         except (OSError, RuntimeError) as exc:
             # e.g. inotify watch limit reached: the rescan keeps things moving, only slower
-            log.warning("file watcher stopped (%s); relying on rescans every %.0fs", exc, self.settings.rescan_seconds)
+            log.warning(
+                "file watcher stopped (%s); relying on rescans every %.0fs", exc, self.settings.rescan_seconds
+            )
             await stop.wait()
 
     async def _rescan(self, stop: asyncio.Event) -> None:

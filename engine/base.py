@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
-
 from dropflow.engine.errors import JobCancelled
+from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from dropflow.daemon.store import Job

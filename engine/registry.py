@@ -39,13 +39,19 @@ def register(cls: type[Engine]) -> type[Engine]:
 def load_plugin(spec: str) -> type[Engine]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ConfigError(f"engines.plugins: {spec!r} is not 'module:Class'", hint="e.g. mypkg.engines:MyEngine")
+        raise ConfigError(
+            f"engines.plugins: {spec!r} is not 'module:Class'", hint="e.g. mypkg.engines:MyEngine"
+        )
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"engines.plugins: cannot import {spec!r}: {exc}", hint="check the module path") from exc
+        raise ConfigError(
+            f"engines.plugins: cannot import {spec!r}: {exc}", hint="check the module path"
+        ) from exc
     if not isinstance(cls, type) or not hasattr(cls, "run"):
-        raise ConfigError(f"engines.plugins: {spec!r} is not an engine class", hint="see dropflow.engine.base.Engine")
+        raise ConfigError(
+            f"engines.plugins: {spec!r} is not an engine class", hint="see dropflow.engine.base.Engine"
+        )
     return register(cls)
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import textwrap
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-
 from dropflow.daemon import config as config_mod
 from dropflow.daemon.config import Config
 from dropflow.daemon.daemon import Daemon
@@ -52,7 +54,7 @@ def _offline_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def write_config(root: Path, *, settle: float = 0.3, extra: str = "") -> Path:
     root.mkdir(parents=True, exist_ok=True)
     path = root / "config.yaml"
-    path.write_text(RECORD_CONFIG.format(settle=settle, extra=textwrap.dedent(extra)))
+    path.write_text(RECORD_CONFIG.format(settle=settle, extra=extra))
     (root / "inbox" / "record").mkdir(parents=True, exist_ok=True)
     return path
 
@@ -86,7 +88,9 @@ class RunningDaemon:
     async def jobs(self, **kw: Any) -> list[Job]:
         return await self.store.list(**kw)
 
-    async def wait_status(self, job_count: int, statuses: tuple[str, ...], timeout: float = 20.0) -> list[Job]:
+    async def wait_status(
+        self, job_count: int, statuses: tuple[str, ...], timeout: float = 20.0
+    ) -> list[Job]:
         async def check() -> list[Job] | None:
             jobs = await self.store.list()
             if len(jobs) >= job_count and all(j.status in statuses for j in jobs):
@@ -100,12 +104,13 @@ class RunningDaemon:
         await asyncio.wait_for(self.task, timeout=30)
 
 
-@pytest.fixture
-async def daemon(project: Config) -> AsyncIterator[RunningDaemon]:
-    d = Daemon(project, Redactor(project.secrets()))
+@asynccontextmanager
+async def running_daemon(cfg: Config) -> AsyncIterator[RunningDaemon]:
+    """An in-process daemon on `cfg`, stopped (gracefully) on exit."""
+    d = Daemon(cfg, Redactor(cfg.secrets()))
     task = asyncio.create_task(d.run(install_signals=False))
-    async with Store.open(project.paths.database) as store:
-        rd = RunningDaemon(project, d, task, store)
+    async with Store.open(cfg.paths.database) as store:
+        rd = RunningDaemon(cfg, d, task, store)
         try:
             yield rd
         finally:
@@ -115,8 +120,58 @@ async def daemon(project: Config) -> AsyncIterator[RunningDaemon]:
                 task.result()
 
 
+@pytest.fixture
+async def daemon(project: Config) -> AsyncIterator[RunningDaemon]:
+    async with running_daemon(project) as rd:
+        yield rd
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
+
+
+class DaemonProcess:
+    """`python -m dropflow.daemon daemon` as a real child process (for SIGKILL / SIGTERM tests)."""
+
+    def __init__(self, config: Path, **env: str) -> None:
+        self.config = config
+        self.env = subprocess_env(**env)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = config.parent / "daemon-stderr.log"
+
+    def start(self) -> DaemonProcess:
+        self._fh = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dropflow.daemon", "--config", str(self.config), "daemon"],
+            env=self.env,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            cwd=self.config.parent,
+        )
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._fh.close()
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._fh.close()
+        return code
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if not self._fh.closed:
+            self._fh.close()

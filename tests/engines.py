@@ -16,6 +16,7 @@ from dropflow.daemon.store import Job
 from dropflow.engine import files
 from dropflow.engine.base import Done, FileEngine, JobContext, Params, Wait
 from dropflow.engine.errors import InputError, PermanentError, RetryableError
+from dropflow.engine.providers.base import TextPart, VisionRequest
 
 
 class RecordParams(Params):
@@ -25,6 +26,7 @@ class RecordParams(Params):
     retry_after: float | None = None
     wait_once: float | None = None  # return Wait(seconds) on the first run (like a remote task)
     note: str = ""
+    ask: bool = False  # ask the route's vision provider about the file (provider error paths)
 
 
 def runs_log(state_dir: Path) -> Path:
@@ -58,14 +60,24 @@ class RecordEngine(FileEngine):
             await ctx.progress((i + 1) / steps, f"step {i + 1}/{steps}")
         if p.fail and job.attempts <= p.fail_times:
             if p.fail == "retryable":
-                raise RetryableError("pretend 429", provider="record", code="Throttling", retry_after=p.retry_after)
+                raise RetryableError(
+                    "pretend 429", provider="record", code="Throttling", retry_after=p.retry_after
+                )
             if p.fail == "permanent":
                 raise PermanentError("pretend 400", provider="record", code="InvalidParameter")
             raise InputError(f"{Path(job.input_path).name} is not readable", hint="drop a valid file")
         data = Path(job.input_path).read_bytes()
+        usage = {"input_tokens": len(data), "output_tokens": 1}
+        if p.ask:
+            provider = ctx.providers.vision(job.provider)
+            answer = await provider.generate(
+                VisionRequest(model="qwen-vl-max-latest", parts=[TextPart(data.decode(errors="replace"))])
+            )
+            data = answer.text.encode()
+            usage = answer.usage.as_dict()
         out = files.write_bytes(ctx.output_dir / f"{job.id}-{Path(job.input_path).name}.out", data)
         self._log(ctx, job, "done")
-        return Done([out], usage={"input_tokens": len(data), "output_tokens": 1})
+        return Done([out], usage=usage)
 
     def _log(self, ctx: JobContext, job: Job, event: str) -> None:
         ctx.state_dir.mkdir(parents=True, exist_ok=True)
@@ -74,3 +86,23 @@ class RecordEngine(FileEngine):
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
+
+
+class FolderRecordEngine:
+    """A folder-unit test engine: counts the files of its folder."""
+
+    name = "folder-record"
+    unit = "folder"
+    extensions: ClassVar[frozenset[str]] = frozenset({".zip"})
+    Params = RecordParams
+    supports_cancel = True
+    supports_resume = False
+
+    def inputs_for(self, path: Path) -> list[Path] | None:
+        return [path] if path.suffix.lower() in self.extensions else None
+
+    async def run(self, job: Job, ctx: JobContext) -> Done:
+        root = Path(job.input_path)
+        count = sum(1 for p in root.rglob("*") if p.is_file())
+        out = files.write_text(ctx.output_dir / f"{root.name}.count", str(count))
+        return Done([out])

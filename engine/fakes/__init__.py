@@ -1,0 +1,33 @@
+"""Loopback fake servers that speak the real wire protocols, for tests and benches.
+
+In-process (a background thread)::
+
+    with FakeDashScope(api_key="k") as srv:
+        srv.base_url                 # http://127.0.0.1:PORT/api/v1
+
+As a subprocess (the first stdout line is the base URL)::
+
+    python -m dropflow.engine.fakes dashscope --port 0 --latency 0.3
+"""
+
+from dropflow.engine.fakes.anthropic import FakeAnthropic
+from dropflow.engine.fakes.dashscope import FakeDashScope
+from dropflow.engine.fakes.openai import FakeOpenAI
+from dropflow.engine.fakes.server import FakeServer, Fault, Prompt, RecordedRequest
+
+FAKES: dict[str, type[FakeServer]] = {
+    "dashscope": FakeDashScope,
+    "openai": FakeOpenAI,
+    "anthropic": FakeAnthropic,
+}
+
+__all__ = [
+    "FAKES",
+    "FakeAnthropic",
+    "FakeDashScope",
+    "FakeOpenAI",
+    "FakeServer",
+    "Fault",
+    "Prompt",
+    "RecordedRequest",
+]

@@ -1,0 +1,112 @@
+"""Vision and video-generation providers: dashscope, openai-compatible, anthropic, offline.
+
+The daemon creates each provider once (`ProviderPool`) and shares it between jobs, so the rate
+limiter of a provider is shared too. Remote provider modules are imported on first use: the
+dashscope SDK alone takes about a second to import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dropflow.daemon.config import Providers
+from dropflow.engine.errors import ConfigError
+from dropflow.engine.providers.base import VideoGenProvider, VisionProvider
+
+VISION_PROVIDERS = ("offline", "dashscope", "openai", "anthropic")
+VIDEOGEN_PROVIDERS = ("offline", "dashscope")
+
+OFFLINE_ANNOUNCEMENT = (
+    "no DashScope key (DASHSCOPE_API_KEY): using the offline provider"
+    " — deterministic placeholder output, no network"
+)
+
+
+def resolve_default(providers: Providers) -> tuple[str, str | None]:
+    """The provider `default: auto` stands for, and a one-line announcement when it falls back offline.
+
+    Raises ConfigError when a configured key file cannot be read.
+    """
+    if providers.default != "auto":
+        return providers.default, None
+    if providers.dashscope.key():
+        return "dashscope", None
+    return "offline", OFFLINE_ANNOUNCEMENT
+
+
+def _resolve(name: str | None, providers: Providers, known: tuple[str, ...], what: str) -> str:
+    if name in (None, "auto"):
+        name, _ = resolve_default(providers)
+    if name not in known:
+        raise ConfigError(
+            f"provider {name!r} cannot be used for {what}",
+            hint=f"choose one of: {', '.join(known)}",
+        )
+    return name
+
+
+def build_vision(name: str, providers: Providers, *, state_dir: Path) -> VisionProvider:
+    """A vision provider by name ("auto" resolves through `resolve_default`).
+
+    Raises AuthError when a remote provider has no key, ConfigError for an unknown name.
+    """
+    name = _resolve(name, providers, VISION_PROVIDERS, "vision")
+    if name == "dashscope":
+        from dropflow.engine.providers.dashscope import DashScopeVision
+
+        return DashScopeVision(providers.dashscope)
+    if name == "openai":
+        from dropflow.engine.providers.openai_compat import OpenAICompatVision
+
+        return OpenAICompatVision(providers.openai)
+    if name == "anthropic":
+        from dropflow.engine.providers.anthropic import AnthropicVision
+
+        return AnthropicVision(providers.anthropic)
+    from dropflow.engine.providers.offline import OfflineVision
+
+    return OfflineVision(providers.offline)
+
+
+def build_videogen(name: str, providers: Providers, *, state_dir: Path) -> VideoGenProvider:
+    """A video-generation provider by name; offline videos are cached under ``state_dir/offline-videos``.
+
+    Raises AuthError when dashscope has no key, ConfigError for a provider that cannot make videos.
+    """
+    name = _resolve(name, providers, VIDEOGEN_PROVIDERS, "video generation")
+    if name == "dashscope":
+        from dropflow.engine.providers.dashscope import DashScopeVideoGen
+
+        return DashScopeVideoGen(providers.dashscope)
+    from dropflow.engine.providers.offline import OfflineVideoGen
+
+    return OfflineVideoGen(providers.offline, cache_dir=state_dir / "offline-videos")
+
+
+class ProviderPool:
+    """One instance per provider name for the daemon's lifetime (shared rate limits, connections)."""
+
+    def __init__(self, providers: Providers, *, state_dir: Path) -> None:
+        self._providers = providers
+        self._state_dir = state_dir
+        self._vision: dict[str, VisionProvider] = {}
+        self._videogen: dict[str, VideoGenProvider] = {}
+
+    def vision(self, name: str | None = "auto") -> VisionProvider:
+        key = _resolve(name, self._providers, VISION_PROVIDERS, "vision")
+        if key not in self._vision:
+            self._vision[key] = build_vision(key, self._providers, state_dir=self._state_dir)
+        return self._vision[key]
+
+    def videogen(self, name: str | None = "auto") -> VideoGenProvider:
+        key = _resolve(name, self._providers, VIDEOGEN_PROVIDERS, "video generation")
+        if key not in self._videogen:
+            self._videogen[key] = build_videogen(key, self._providers, state_dir=self._state_dir)
+        return self._videogen[key]
+
+    async def aclose(self) -> None:
+        """Close every provider created so far. Never raises."""
+        for provider in [*self._vision.values(), *self._videogen.values()]:
+            await provider.aclose()
+        self._vision.clear()
+        self._videogen.clear()

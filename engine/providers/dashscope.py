@@ -1,0 +1,293 @@
+"""DashScope (Qwen-VL, Qwen text models, wan video synthesis) through the real `dashscope` SDK.
+
+The SDK's classic call objects do not raise on HTTP errors: they return a response with
+`status_code`, `code`, `message`, `request_id`; `_check` turns those into our error family.
+Transport failures (aiohttp / requests exceptions, timeouts) are wrapped at the boundary.
+
+`dashscope.base_http_api_url` is module-global and read when each request is built. We set it
+right before each SDK coroutine starts: the URL is captured synchronously, before the first
+suspension, so providers with different base URLs in one event loop do not race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, ClassVar
+
+import aiohttp
+import dashscope
+import requests
+from dashscope.aigc.video_synthesis import AioVideoSynthesis
+from dashscope.api_entities.aio_session import close_shared_aio_session
+from dashscope.common.error import UploadFileException
+from dashscope.utils.oss_utils import OssUtils
+from dropflow.daemon.config import ProviderSettings
+from dropflow.engine.errors import AuthError, InputError, PermanentError, RetryableError
+from dropflow.engine.providers.base import (
+    ImagePart,
+    RateLimiter,
+    TextPart,
+    Usage,
+    VideoGenRequest,
+    VideoPart,
+    VideoTask,
+    VisionRequest,
+    VisionResult,
+)
+from dropflow.engine.providers.common import (
+    classify,
+    data_url,
+    image_url,
+    require_key,
+    retry_after,
+    transport_error,
+)
+
+DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
+PROVIDER = "dashscope"
+_TRANSPORT_ERRORS = (aiohttp.ClientError, requests.RequestException, TimeoutError, ConnectionError)
+
+
+class _DashScopeClient:
+    """Key, base URL, timeout and the shared rate limiter; the SDK-response checks."""
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self._key = require_key(PROVIDER, settings)
+        self._base_url = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
+        self._timeout = settings.timeout_seconds
+        self._limiter = RateLimiter(settings.requests_per_minute, settings.concurrency)
+
+    def _point_sdk(self) -> None:
+        dashscope.base_http_api_url = self._base_url
+
+    def _check(self, response: Any) -> None:
+        """Raise the classified error for a non-200 SDK response."""
+        if response.status_code == 200:
+            return
+        raise classify(
+            PROVIDER,
+            int(response.status_code),
+            str(response.code or ""),
+            str(response.message or ""),
+            request_id=str(response.request_id or ""),
+            retry_after=retry_after(response.headers),
+            secret=self._key,
+        )
+
+    async def _guarded(self, coro_fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one SDK coroutine under the rate limiter and the timeout, wrapping transport errors."""
+        async with self._limiter:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    self._point_sdk()
+                    return await coro_fn(*args, api_key=self._key, **kwargs)
+            except _TRANSPORT_ERRORS as exc:
+                raise transport_error(PROVIDER, exc) from exc
+
+    async def aclose(self) -> None:
+        # The SDK keeps one aiohttp session per event loop; left open it warns at interpreter exit.
+        try:
+            await close_shared_aio_session()
+        except Exception:
+            pass  # closing must never raise
+
+
+def _usage(raw: Any) -> Usage:
+    u = dict(raw or {})
+    details = dict(u.get("input_tokens_details") or {})
+    return Usage(
+        input_tokens=int(u.get("input_tokens") or 0),
+        output_tokens=int(u.get("output_tokens") or 0),
+        image_tokens=int(u.get("image_tokens") or details.get("image_tokens") or 0),
+        video_tokens=int(u.get("video_tokens") or details.get("video_tokens") or 0),
+    )
+
+
+def _looks_multimodal(model: str) -> bool:
+    m = model.lower()
+    return any(tag in m for tag in ("-vl", "vl-", "qvq", "omni"))
+
+
+class DashScopeVision(_DashScopeClient):
+    """Qwen-VL through `AioMultiModalConversation`; text-only turns through `AioGeneration`."""
+
+    name: ClassVar[str] = PROVIDER
+    offline: ClassVar[bool] = False
+
+    def __init__(self, settings: ProviderSettings, *, text_model: str = "qwen-plus") -> None:
+        """Raises AuthError when no key is configured."""
+        super().__init__(settings)
+        self.text_model = text_model
+
+    @staticmethod
+    def messages(request: VisionRequest) -> list[dict[str, Any]]:
+        """The native message list: frames as ``{"video": [data URLs], "fps": f}``, images as data URLs."""
+        content: list[dict[str, Any]] = []
+        for part in request.parts:
+            if isinstance(part, TextPart):
+                content.append({"text": part.text})
+            elif isinstance(part, ImagePart):
+                content.append({"image": image_url(part)})
+            elif isinstance(part, VideoPart):
+                content.append({"video": [data_url(f) for f in part.frames], "fps": part.fps})
+        out: list[dict[str, Any]] = []
+        if request.system:
+            out.append({"role": "system", "content": [{"text": request.system}]})
+        out.append({"role": "user", "content": content})
+        return out
+
+    async def generate(self, request: VisionRequest) -> VisionResult:
+        """Raises RetryableError, AuthError, PermanentError (see `VisionProvider`)."""
+        params: dict[str, Any] = {
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+            "request_timeout": self._timeout,
+            **request.extra,
+        }
+        if request.json_mode:
+            params["response_format"] = {"type": "json_object"}
+        text_only = all(isinstance(p, TextPart) for p in request.parts)
+        if text_only:
+            model = request.model if not _looks_multimodal(request.model) else self.text_model
+            messages: list[dict[str, Any]] = []
+            if request.system:
+                messages.append({"role": "system", "content": request.system})
+            texts = [p.text for p in request.parts if isinstance(p, TextPart)]
+            messages.append({"role": "user", "content": "\n\n".join(texts)})
+            response = await self._guarded(
+                dashscope.AioGeneration.call,
+                model=model,
+                messages=messages,
+                result_format="message",
+                **params,
+            )
+        else:
+            model = request.model
+            response = await self._guarded(
+                dashscope.AioMultiModalConversation.call,
+                model=model,
+                messages=self.messages(request),
+                **params,
+            )
+        self._check(response)
+        try:
+            choice = response.output["choices"][0]
+            content = choice["message"]["content"]
+            if isinstance(content, list):
+                text = "".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
+            else:
+                text = str(content)
+            finish = str(choice.get("finish_reason") or "")
+        except (KeyError, IndexError, TypeError) as exc:
+            raise RetryableError(
+                f"{PROVIDER} returned an answer without choices",
+                provider=PROVIDER,
+                code="MalformedResponse",
+                request_id=str(response.request_id or ""),
+            ) from exc
+        return VisionResult(
+            text=text,
+            model=model,
+            provider=PROVIDER,
+            usage=_usage(response.usage),
+            request_id=str(response.request_id or ""),
+            finish_reason=finish,
+        )
+
+
+def _is_local(ref: str) -> bool:
+    return not ref.startswith(("http://", "https://", "oss://", "data:"))
+
+
+class DashScopeVideoGen(_DashScopeClient):
+    """wan text-to-video / image-to-video through `AioVideoSynthesis` (create, fetch, cancel)."""
+
+    name: ClassVar[str] = PROVIDER
+    offline: ClassVar[bool] = False
+
+    def _upload(self, model: str, path: Path) -> str:
+        """The SDK's two-step upload (policy, then a form POST to OSS); returns ``oss://key``. Blocking."""
+        if not path.is_file():
+            raise InputError(f"the image for image-to-video does not exist: {path}")
+        policy = OssUtils.get_upload_certificate(
+            model=model, api_key=self._key, base_address=self._base_url, request_timeout=self._timeout
+        )
+        self._check(policy)
+        try:
+            url, _ = OssUtils.upload(
+                model=model, file_path=str(path), api_key=self._key, upload_certificate=policy.output
+            )
+        except UploadFileException as exc:  # OSS refused the form post
+            raise RetryableError(
+                f"{PROVIDER} upload of {path.name} failed", provider=PROVIDER, code="UploadFailed"
+            ) from exc
+        return str(url)
+
+    async def submit(self, request: VideoGenRequest) -> VideoTask:
+        """Raises RetryableError, AuthError, PermanentError; InputError when the local image is missing."""
+        img = request.image
+        if img and _is_local(img):
+            path = Path(img.removeprefix("file://"))
+            async with self._limiter:
+                try:
+                    img = await asyncio.to_thread(self._upload, request.model, path)
+                except _TRANSPORT_ERRORS as exc:
+                    raise transport_error(PROVIDER, exc) from exc
+        params: dict[str, Any] = {
+            k: v
+            for k, v in {
+                "size": request.size,
+                "resolution": request.resolution,
+                "duration": request.duration,
+                "seed": request.seed,
+                "prompt_extend": request.prompt_extend,
+                "negative_prompt": request.negative_prompt or None,
+                "img_url": img or None,
+            }.items()
+            if v is not None
+        }
+        response = await self._guarded(
+            AioVideoSynthesis.async_call,
+            model=request.model,
+            prompt=request.prompt,
+            request_timeout=self._timeout,
+            **params,
+        )
+        self._check(response)
+        return self._task(response)
+
+    async def fetch(self, task_id: str) -> VideoTask:
+        """Raises RetryableError, AuthError, PermanentError."""
+        response = await self._guarded(AioVideoSynthesis.fetch, task_id)
+        self._check(response)
+        return self._task(response)
+
+    async def cancel(self, task_id: str) -> bool:
+        """True when the task was PENDING and is now cancelled; False when it can no longer be."""
+        response = await self._guarded(AioVideoSynthesis.cancel, task_id)
+        try:
+            self._check(response)
+        except AuthError:
+            raise
+        except PermanentError:
+            return False  # 400 UnsupportedOperation: already running or finished
+        return True
+
+    @staticmethod
+    def _task(response: Any) -> VideoTask:
+        out = dict(response.output or {})
+        return VideoTask(
+            task_id=str(out.get("task_id", "")),
+            status=out.get("task_status", "UNKNOWN"),
+            video_url=out.get("video_url") or None,
+            code=str(out.get("code") or ""),
+            message=str(out.get("message") or ""),
+            orig_prompt=str(out.get("orig_prompt") or ""),
+            actual_prompt=str(out.get("actual_prompt") or ""),
+            submit_time=str(out.get("submit_time") or ""),
+            scheduled_time=str(out.get("scheduled_time") or ""),
+            end_time=str(out.get("end_time") or ""),
+            usage=dict(response.usage or {}),
+            request_id=str(response.request_id or ""),
+        )

@@ -1,0 +1,92 @@
+"""Kill the daemon at any moment: on restart every job finishes exactly once, nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+from dropflow.daemon import config as cfgmod
+from dropflow.daemon.store import Store
+from dropflow.engine.files import TEMP_PREFIX
+
+from tests.conftest import DaemonProcess, wait_for, write_config
+from tests.engines import read_runs
+
+N = 12
+
+
+async def _statuses(db: Path) -> Counter[str]:
+    async with Store.open(db) as store:
+        return Counter(j.status for j in await store.list())
+
+
+async def test_sigkill_mid_run_then_restart_completes_every_job_once(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "p")
+    cfg = cfgmod.load(path)
+    (cfg.paths.inbox / "record" / "dropflow.yaml").write_text("params: {seconds: 0.6}\n")
+    for i in range(N):
+        (cfg.paths.inbox / "record" / f"f{i:02}.txt").write_text(f"payload {i}")
+
+    with DaemonProcess(path) as first:
+
+        async def some_running_some_done() -> bool:
+            if not cfg.paths.database.exists():
+                return False
+            c = await _statuses(cfg.paths.database)
+            return c["succeeded"] >= 2 and c["running"] >= 1
+
+        await wait_for(some_running_some_done, timeout=60)
+        first.kill()
+
+    async with Store.open(cfg.paths.database) as store:
+        killed_running = [j.id for j in await store.list(status="running")]
+    assert killed_running, "the kill must land while jobs run"
+
+    with DaemonProcess(path) as second:
+
+        async def all_done() -> bool:
+            c = await _statuses(cfg.paths.database)
+            return c["succeeded"] == N
+
+        await wait_for(all_done, timeout=90)
+        assert second.terminate() == 0
+
+    async with Store.open(cfg.paths.database) as store:
+        jobs = await store.list()
+    assert len(jobs) == N and all(j.status == "succeeded" for j in jobs)
+    runs = read_runs(cfg.paths.state)
+    done = Counter(r["job"] for r in runs if r["event"] == "done")
+    assert set(done) == {j.id for j in jobs}
+    assert all(n == 1 for n in done.values()), done
+    starts = Counter(r["job"] for r in runs if r["event"] == "start")
+    assert all(starts[j] >= 2 for j in killed_running), "interrupted jobs ran again after the restart"
+    # outputs: one per job, complete; no temp file left; no input left in the inbox or lost
+    outs = sorted((cfg.paths.outputs / "record").iterdir())
+    assert len(outs) == N and not any(p.name.startswith(TEMP_PREFIX) for p in outs)
+    for j in jobs:
+        assert Path(j.outputs[0]).read_text() == f"payload {int(Path(j.input_path).stem[1:])}"
+    assert not list((cfg.paths.inbox / "record").glob("f*.txt"))
+    assert len(list(cfg.paths.archive.rglob("f*.txt"))) == N
+
+
+async def test_sigterm_releases_running_jobs_within_the_grace_period(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "p")
+    cfg = cfgmod.load(path)
+    (cfg.paths.inbox / "record" / "dropflow.yaml").write_text("params: {seconds: 30}\n")
+    (cfg.paths.inbox / "record" / "long.txt").write_text("long")
+    with DaemonProcess(path) as d:
+
+        async def running() -> bool:
+            return cfg.paths.database.exists() and (await _statuses(cfg.paths.database))["running"] == 1
+
+        await wait_for(running, timeout=60)
+        assert d.terminate(timeout=30) == 0
+    async with Store.open(cfg.paths.database) as store:
+        [job] = await store.list()
+        assert job.status == "queued" and job.lease_owner is None and job.attempts == 0
+        events = await store.events(job.id)
+        assert any("released" in e.message for e in events)
+        assert not await store.live_daemons(stale_after=60)
+    assert (cfg.paths.inbox / "record" / "long.txt").exists()
+    await asyncio.sleep(0)

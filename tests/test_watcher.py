@@ -1,0 +1,173 @@
+"""Watcher and settle gate with real files and the real watchfiles backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from dropflow.daemon import config as cfgmod
+from dropflow.daemon.config import WatchSettings
+from dropflow.daemon.router import is_ignored_name
+from dropflow.daemon.watcher import SettleGate, signature
+
+from tests.conftest import RunningDaemon, running_daemon, wait_for, write_config
+from tests.engines import read_runs
+
+
+async def test_file_written_slowly_becomes_one_job_only_once_complete(tmp_path: Path) -> None:
+    cfg = cfgmod.load(write_config(tmp_path / "p", settle=1.0))
+    async with running_daemon(cfg) as daemon:
+        await _write_slowly_and_check(daemon)
+
+
+async def _write_slowly_and_check(daemon: RunningDaemon) -> None:
+    cfg = daemon.cfg
+    target = cfg.paths.inbox / "record" / "slow.dat"
+    chunks = [bytes([i]) * 1000 for i in range(10)]
+    with open(target, "wb") as fh:
+        for chunk in chunks:  # ~5 s of writing, a pause longer than the check period each time
+            fh.write(chunk)
+            fh.flush()
+            await asyncio.sleep(0.5)
+            assert await daemon.jobs() == [], "no job while the file is still being written"
+    [job] = await daemon.wait_status(1, ("succeeded",))
+    assert Path(job.outputs[0]).read_bytes() == b"".join(chunks)
+    await asyncio.sleep(0.5)
+    assert len(await daemon.jobs()) == 1
+    assert [r["event"] for r in read_runs(cfg.paths.state)].count("done") == 1
+
+
+async def test_file_moved_in_from_elsewhere_is_taken_without_waiting_out_the_window(tmp_path: Path) -> None:
+    settings = WatchSettings(settle_seconds=60, check_seconds=0.05)
+    gate = SettleGate(settings)
+    old = tmp_path / "old.txt"
+    old.write_text("written an hour ago elsewhere")
+    an_hour_ago = time.time() - 3600
+    import os
+
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    fresh = tmp_path / "fresh.txt"
+    fresh.write_text("just written")
+    from dropflow.daemon.config import Route
+
+    route = Route(name="r", folder="r", engine="record")
+    gate.offer(route, old)
+    gate.offer(route, fresh)
+    assert gate.check() == []  # first look only records the signature
+    ready = gate.check()
+    assert [u for _r, u, _s in ready] == [old]
+    assert fresh in gate.pending
+
+
+def test_untrusted_mtime_waits_the_full_window(tmp_path: Path) -> None:
+    gate = SettleGate(WatchSettings(settle_seconds=0.3, trust_mtime=False))
+    p = tmp_path / "a.txt"
+    p.write_text("x")
+    import os
+
+    os.utime(p, (1, 1))
+    from dropflow.daemon.config import Route
+
+    gate.offer(Route(name="r", folder="r", engine="record"), p)
+    assert gate.check() == [] and gate.check() == []
+    time.sleep(0.35)
+    assert len(gate.check()) == 1
+
+
+def test_folder_signature_sees_changes_below_and_partial_downloads(tmp_path: Path) -> None:
+    batch = tmp_path / "batch"
+    (batch / "sub").mkdir(parents=True)
+    (batch / "sub" / "a.jpg").write_bytes(b"a")
+    s1 = signature(batch)
+    (batch / "sub" / "b.jpg").write_bytes(b"bb")
+    s2 = signature(batch)
+    assert s1 != s2 and s2 is not None and s2[0] == 2 and s2[1] == 3
+    (batch / "c.jpg.crdownload").write_bytes(b"partial")
+    s3 = signature(batch)
+    assert s3 is not None and s3[3] is True
+
+
+def test_ignored_names() -> None:
+    for name in (
+        "a.part",
+        "b.crdownload",
+        "c.download",
+        "d.tmp",
+        "~e.docx",
+        ".hidden",
+        "x.mp4.error.txt",
+        "dropflow.yaml",
+        "README.md",
+    ):
+        assert is_ignored_name(name), name
+    for name in ("video.mp4", "prompt.txt", "photo.JPG"):
+        assert not is_ignored_name(name), name
+
+
+async def test_files_dropped_while_down_are_picked_up_at_start(project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from dropflow.daemon.daemon import Daemon
+    from dropflow.daemon.logs import Redactor
+    from dropflow.daemon.store import Store
+
+    for i in range(3):
+        (project.paths.inbox / "record" / f"early{i}.txt").write_text(f"early {i}")
+    d = Daemon(project, Redactor())
+    task = asyncio.create_task(d.run(install_signals=False))
+    try:
+        async with Store.open(project.paths.database) as store:
+
+            async def done() -> bool:
+                jobs = await store.list()
+                return len(jobs) == 3 and all(j.status == "succeeded" for j in jobs)
+
+            await wait_for(done)
+    finally:
+        d.request_stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_folder_unit_settles_as_a_whole(tmp_path: Path) -> None:
+    """A folder engine's unit becomes one job only after nothing below it changed."""
+    from dropflow.daemon import config as cfgmod
+    from dropflow.daemon.daemon import Daemon
+    from dropflow.daemon.logs import Redactor
+    from dropflow.daemon.store import Store
+
+    from tests.conftest import write_config
+
+    root = tmp_path / "p"
+    path = write_config(
+        root,
+        extra="""
+  - name: folders
+    folder: folders
+    engine: folder-record
+""",
+    )
+    text = path.read_text().replace(
+        '["tests.engines:RecordEngine"]', '["tests.engines:RecordEngine", "tests.engines:FolderRecordEngine"]'
+    )
+    path.write_text(text)
+    cfg = cfgmod.load(path)
+    batch = cfg.paths.inbox / "folders" / "album"
+    batch.mkdir(parents=True)
+    d = Daemon(cfg, Redactor())
+    task = asyncio.create_task(d.run(install_signals=False))
+    try:
+        async with Store.open(cfg.paths.database) as store:
+            for i in range(6):
+                (batch / f"{i}.jpg").write_bytes(b"x" * (i + 1))
+                await asyncio.sleep(0.15)
+                assert await store.list() == []
+            [job] = await wait_for(lambda: _succeeded(store))
+            assert job.input_path == str(batch)
+            assert job.outputs and Path(job.outputs[0]).read_text() == "6"
+    finally:
+        d.request_stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def _succeeded(store):  # type: ignore[no-untyped-def]
+    jobs = await store.list()
+    return jobs if jobs and all(j.status == "succeeded" for j in jobs) else None
