@@ -8,6 +8,7 @@ was with a `<name>.error.txt` beside it; a duplicate of finished work is archive
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -46,12 +47,16 @@ class Intake:
                 plans.append(plan)
         if not plans:
             return []
-        hashes = await asyncio.to_thread(_hash_all, [p.path for p in plans])
+        hashes = await asyncio.to_thread(_hash_all, [p for plan in plans for p in [plan.path, *plan.inputs[1:]]])
         new_jobs, kept = [], []
         for plan in plans:
             digest = hashes.get(plan.path)
             if digest is None:  # vanished or unreadable between settle and hash
                 continue
+            # a unit of several files (an image and its prompt) is "the same" only if every file is
+            extra = [hashes.get(p) for p in plan.inputs[1:]]
+            if isinstance(digest, str) and extra and all(isinstance(h, str) for h in extra):
+                digest = hashlib.sha256("\n".join([digest, *extra]).encode()).hexdigest()  # type: ignore[list-item]
             error = plan.error
             if isinstance(digest, OSError):
                 error = InputError(
@@ -108,9 +113,10 @@ class Intake:
                     await self.store.set_archived(existing_id, archived)
             return
         if existing.status == "succeeded":
-            dest = await asyncio.to_thread(
-                files.move, path, self.cfg.paths.archive / nj.route / "duplicates" / time.strftime("%Y-%m-%d")
-            )
+            folder = self.cfg.paths.archive / nj.route / "duplicates" / time.strftime("%Y-%m-%d")
+            dest = await asyncio.to_thread(files.move, path, folder)
+            rest = [Path(p) for p in nj.input_paths[1:]]  # the rest of a multi-file unit goes with it
+            await asyncio.to_thread(lambda: [files.move(p, folder) for p in rest if p.exists()])
             msg = f"the same content was dropped again as {path}; moved to {dest}, not processed twice"
         else:
             msg = f"the same content was dropped again as {path} while this job is {existing.status}; left in place"

@@ -13,7 +13,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,17 @@ def backoff(attempt: int, base: float, cap: float, retry_after: float | None = N
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay
+
+
+async def _finish(write: Coroutine[Any, Any, Any]) -> None:
+    """Run a store write to its end even though the calling task is being cancelled: a claimed
+    row must be released, and the store must not be closed under a write still in flight."""
+    task = asyncio.ensure_future(write)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 @dataclass
@@ -183,14 +194,11 @@ class Scheduler:
         except asyncio.CancelledError:
             running = self.running.get(job.id)
             stop = running.user_stop if running else None
-            # shielded: the row must be released even though this task is being cancelled
             if stop == "cancel":
-                await asyncio.shield(self.store.finish_cancelled(job.id, self.owner, "cancelled by user"))
+                await _finish(self.store.finish_cancelled(job.id, self.owner, "cancelled by user"))
             else:
                 to = "paused" if stop == "pause" else "queued"
-                await asyncio.shield(
-                    self.store.release(job.id, self.owner, to=to, message=f"released ({to})")
-                )
+                await _finish(self.store.release(job.id, self.owner, to=to, message=f"released ({to})"))
             if stop is None:
                 raise
             return

@@ -223,12 +223,14 @@ class Store:
         Not re-entrant: methods called inside one use the bare statements, never `transaction()`.
         """
         async with self._write_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
             try:
+                await self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
             except BaseException:
-                if self.db.in_transaction:  # the error may already have ended it
-                    await self.db.execute("ROLLBACK")
+                # A cancelled await does not cancel the statement: aiosqlite's thread still runs
+                # it (even the BEGIN). rollback() is queued behind it and is a no-op when no
+                # transaction is open; shielded, so a second cancel cannot leave one dangling.
+                await asyncio.shield(self.db.rollback())
                 raise
             else:
                 await self.db.execute("COMMIT")

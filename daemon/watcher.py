@@ -64,45 +64,70 @@ class _Pending:
     route: Route
     sig: Signature | None
     stable_since: float  # monotonic time the signature last changed
-    checks: int = 0
+    due: float  # monotonic time of the next look
 
 
 class SettleGate:
-    """Holds candidate units until they stop changing."""
+    """Holds candidate units until they stop changing.
+
+    Each unit is looked at only when a decision can be due: on first sight, then at the moment
+    its settle window would end. So a thousand files settling costs a thousand stats at the
+    deadline, not a stat of every pending file every tick, and a settled unit is let through at
+    its deadline rather than at the next polling tick.
+    """
 
     def __init__(self, settings: WatchSettings) -> None:
         self.settle = settings.settle_seconds
         self.trust_mtime = settings.trust_mtime
+        # the second, confirming look at a unit that was already old when first seen
+        self.recheck = min(settings.check_seconds, self.settle) if self.settle else 0.0
         self.pending: dict[Path, _Pending] = {}
 
     def offer(self, route: Route, unit: Path) -> None:
         if unit not in self.pending:
-            self.pending[unit] = _Pending(route, None, time.monotonic())
+            now = time.monotonic()
+            self.pending[unit] = _Pending(route, None, now, now)
+
+    def next_due(self) -> float | None:
+        return min((p.due for p in list(self.pending.values())), default=None)
 
     def check(self) -> list[tuple[Route, Path, Signature]]:
-        """Re-stat every pending unit (blocking: run in a thread); return and forget the settled ones."""
+        """Look at every unit that is due (blocking: run in a thread); return and forget the settled ones."""
         ready: list[tuple[Route, Path, Signature]] = []
         now = time.monotonic()
         wall_ns = time.time_ns()
         for unit, p in list(self.pending.items()):
+            if p.due > now:
+                continue
             sig = signature(unit)
             if sig is None:
                 del self.pending[unit]
                 continue
-            p.checks += 1
             if sig != p.sig:
                 p.sig = sig
                 p.stable_since = now
-                continue  # even an old file gets a second identical look before it counts
-            if sig[3]:  # a partial download inside a folder unit
+                p.due = now + self._wait_left(sig, wall_ns, 0.0, first_look=True)
                 continue
-            if now - p.stable_since >= self.settle or (self.trust_mtime and self._old(sig, wall_ns)):
+            if sig[3]:  # a partial download inside a folder unit
+                p.due = now + max(self.settle, self.recheck)
+                continue
+            left = self._wait_left(sig, wall_ns, now - p.stable_since, first_look=False)
+            if left <= 0:
                 ready.append((p.route, unit, sig))
                 del self.pending[unit]
+            else:
+                p.due = now + left
         return ready
 
-    def _old(self, sig: Signature, wall_ns: int) -> bool:
-        return (wall_ns - sig[2]) / 1e9 >= self.settle
+    def _wait_left(self, sig: Signature, wall_ns: int, observed: float, *, first_look: bool) -> float:
+        """Seconds until `sig` would count as settled, given how long it was observed unchanged."""
+        left = self.settle - observed
+        if self.trust_mtime:
+            age = (wall_ns - sig[2]) / 1e9
+            # even an old file gets a second identical look before it counts
+            by_mtime = self.recheck if first_look and age >= self.settle else self.settle - age
+            left = min(left, max(by_mtime, self.recheck if first_look else 0.0))
+        return max(0.0, left)
 
 
 class Watcher:
@@ -220,19 +245,23 @@ class Watcher:
 
     async def _settle(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            if not self.gate.pending:
-                self._wake.clear()
+            self._wake.clear()
+            due = self.gate.next_due()
+            if due is None:
                 await self._stop_or_wake(stop)
+                continue
+            delay = due - time.monotonic()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._stop_or_wake(stop), timeout=delay)
+                except TimeoutError:
+                    pass
                 continue
             ready = await asyncio.to_thread(self.gate.check)
             if ready:
                 for _route, unit, sig in ready:
                     self.known[unit] = sig
                 await self.on_ready(ready)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self.settings.check_seconds)
-            except TimeoutError:
-                pass
 
     async def _stop_or_wake(self, stop: asyncio.Event) -> None:
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]

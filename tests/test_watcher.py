@@ -55,9 +55,13 @@ async def test_file_moved_in_from_elsewhere_is_taken_without_waiting_out_the_win
     gate.offer(route, old)
     gate.offer(route, fresh)
     assert gate.check() == []  # first look only records the signature
+    due = gate.next_due()
+    assert due is not None and due - time.monotonic() <= settings.check_seconds
+    time.sleep(max(0.0, due - time.monotonic()))
     ready = gate.check()
     assert [u for _r, u, _s in ready] == [old]
     assert fresh in gate.pending
+    assert gate.pending[fresh].due - time.monotonic() > 50, "a fresh file waits out its window"
 
 
 def test_untrusted_mtime_waits_the_full_window(tmp_path: Path) -> None:
@@ -71,7 +75,9 @@ def test_untrusted_mtime_waits_the_full_window(tmp_path: Path) -> None:
 
     gate.offer(Route(name="r", folder="r", engine="record"), p)
     assert gate.check() == [] and gate.check() == []
-    time.sleep(0.35)
+    time.sleep(0.1)
+    assert gate.check() == [], "an old mtime is not trusted: the window is observed"
+    time.sleep(0.25)
     assert len(gate.check()) == 1
 
 
