@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dropflow.daemon.config import Config, Route
+from dropflow.daemon.config import Config
 from dropflow.daemon.router import Router
 from dropflow.daemon.store import Job, NewJob, Store
+from dropflow.daemon.watcher import Ready
 from dropflow.engine import files
-from dropflow.engine.errors import ConfigError, InputError, error_payload
+from dropflow.engine.errors import InputError, error_payload
 
 log = logging.getLogger("dropflow.intake")
 
@@ -34,20 +35,19 @@ class Intake:
         self.router = router
         self.on_new = on_new or (lambda: None)
 
-    async def accept(self, ready: list[tuple[Route, Path, object]]) -> list[int]:
+    async def accept(self, ready: list[Ready]) -> list[int]:
         """Turn settled units into jobs in one transaction; returns the ids of new jobs."""
-        plans = []
-        for route, unit, _sig in ready:
-            try:
-                plan = self.router.plan(route, unit)
-            except ConfigError as exc:  # pragma: no cover - plan() captures these itself
-                log.error("%s: %s", unit, exc.message)
-                continue
-            if plan is not None:
-                plans.append(plan)
+        plans = [
+            p
+            for p in self.router.plan_many([(route, unit) for route, unit, _sig, _h in ready])
+            if p is not None
+        ]
         if not plans:
             return []
-        hashes = await asyncio.to_thread(_hash_all, [p for plan in plans for p in [plan.path, *plan.inputs[1:]]])
+        known = {unit: digest for _r, unit, _s, digest in ready if digest is not None}
+        todo = [p for plan in plans for p in [plan.path, *plan.inputs[1:]] if p not in known]
+        hashes: dict[Path, str | OSError] = dict(known)
+        hashes.update(await asyncio.to_thread(_hash_all, todo))
         new_jobs, kept = [], []
         for plan in plans:
             digest = hashes.get(plan.path)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dropflow.daemon.config import FOLDER_OVERRIDE_NAME, Config, FolderOverride, Route, line_of, load_override
+from dropflow.daemon.config import FOLDER_OVERRIDE_NAME, Config, Route, line_of, load_override
 from dropflow.engine import registry
 from dropflow.engine.base import Engine
 from dropflow.engine.errors import ConfigError, DropflowError
@@ -52,11 +52,22 @@ class Unit:
     overrides: list[Path] = field(default_factory=list)
 
 
+@dataclass
+class _Settings:
+    params: dict[str, Any]
+    provider: str | None
+    priority: int
+    max_attempts: int
+    error: DropflowError | None = None
+    overrides: list[Path] = field(default_factory=list)
+
+
 class Router:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.inbox = cfg.paths.inbox
         self._engines: dict[str, Engine] = {}
+        self._folders: dict[str, Path] = {}
 
     def engine(self, name: str) -> Engine:
         if name not in self._engines:
@@ -64,7 +75,10 @@ class Router:
         return self._engines[name]
 
     def route_folder(self, route: Route) -> Path:
-        return self.inbox / route.folder if route.folder else self.inbox
+        folder = self._folders.get(route.name)
+        if folder is None:
+            folder = self._folders[route.name] = self.inbox / route.folder if route.folder else self.inbox
+        return folder
 
     def unit_root(self, path: Path) -> tuple[Route, Path] | None:
         """The first route claiming `path` (or something below it), and the unit path it belongs to."""
@@ -98,50 +112,70 @@ class Router:
 
     def plan(self, route: Route, unit: Path) -> Unit | None:
         """Resolve a settled unit into a job plan; None when the engine does not take it after all."""
-        eng = self.engine(route.engine)
-        inputs = [unit] if unit.is_dir() else eng.inputs_for(unit)
-        if inputs is None:
-            return None
-        base = self.route_folder(route)
-        inner = unit.relative_to(base)
-        batch = inner.parts[0] if eng.unit == "folder" else (inner.parts[0] if len(inner.parts) > 1 else "")
-        max_attempts = route.max_attempts or self.cfg.scheduler.max_attempts
-        out = Unit(
-            route=route,
-            engine=route.engine,
-            path=unit,
-            inputs=inputs,
-            batch=batch,
+        return self.plan_many([(route, unit)])[0]
+
+    def plan_many(self, items: list[tuple[Route, Path]]) -> list[Unit | None]:
+        """`plan` for a batch: the overrides of each folder are read and validated once per batch."""
+        settings: dict[tuple[str, str], _Settings] = {}
+        out: list[Unit | None] = []
+        for route, unit in items:
+            eng = self.engine(route.engine)
+            is_folder = eng.unit == "folder" and unit.is_dir()
+            inputs = [unit] if is_folder else eng.inputs_for(unit)
+            if inputs is None:
+                out.append(None)
+                continue
+            base = self.route_folder(route)
+            parts = unit.parts[len(base.parts) :]
+            batch = parts[0] if eng.unit == "folder" or len(parts) > 1 else ""
+            folder = unit if is_folder else unit.parent
+            key = (route.name, str(folder))
+            if key not in settings:
+                settings[key] = self._settings(route, base, folder)
+            st = settings[key]
+            out.append(
+                Unit(
+                    route=route,
+                    engine=route.engine,
+                    path=unit,
+                    inputs=inputs,
+                    batch=batch,
+                    params=st.params,  # shared by the batch's units; nothing mutates it
+                    provider=st.provider,
+                    priority=st.priority,
+                    max_attempts=st.max_attempts,
+                    error=st.error,
+                    overrides=st.overrides,
+                )
+            )
+        return out
+
+    def _settings(self, route: Route, base: Path, folder: Path) -> _Settings:
+        """Route settings with every `dropflow.yaml` from the route folder down to `folder` applied."""
+        st = _Settings(
             params=dict(route.params),
             provider=route.provider,
             priority=route.priority,
-            max_attempts=max_attempts,
+            max_attempts=route.max_attempts or self.cfg.scheduler.max_attempts,
         )
         try:
-            for ov_path, ov in self._overrides(base, unit):
-                out.overrides.append(ov_path)
-                out.params.update(ov.params)
-                out.provider = ov.provider or out.provider
-                out.priority = ov.priority if ov.priority is not None else out.priority
-                out.max_attempts = ov.max_attempts or out.max_attempts
-            out.params = self.validate_params(route, out.params, out.overrides)
+            folders = [base]
+            for part in folder.parts[len(base.parts) :]:
+                folders.append(folders[-1] / part)
+            for f in folders:
+                ov_path = f / FOLDER_OVERRIDE_NAME
+                if not ov_path.is_file():
+                    continue
+                ov = load_override(ov_path)
+                st.overrides.append(ov_path)
+                st.params.update(ov.params)
+                st.provider = ov.provider or st.provider
+                st.priority = ov.priority if ov.priority is not None else st.priority
+                st.max_attempts = ov.max_attempts or st.max_attempts
+            st.params = self.validate_params(route, st.params, st.overrides)
         except DropflowError as exc:
-            out.error = exc
-        return out
-
-    def _overrides(self, base: Path, unit: Path) -> list[tuple[Path, FolderOverride]]:
-        folders = [base]
-        rel = unit.relative_to(base)
-        cur = base
-        for part in rel.parts[:-1] if not unit.is_dir() else rel.parts:
-            cur = cur / part
-            folders.append(cur)
-        found = []
-        for folder in folders:
-            p = folder / FOLDER_OVERRIDE_NAME
-            if p.is_file():
-                found.append((p, load_override(p)))
-        return found
+            st.error = exc
+        return st
 
     def validate_params(self, route: Route, params: dict[str, Any], overrides: list[Path]) -> dict[str, Any]:
         """Check params against the engine's model; errors name where each bad key was set."""

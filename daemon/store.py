@@ -269,52 +269,100 @@ class Store:
     # --- inserting --------------------------------------------------------------------------------
 
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> builtins.list[InsertResult]:
-        """Insert a batch in one transaction; a job whose (route, batch, hash) exists is not added."""
+        """Insert a batch in one transaction; a job whose (route, batch, hash) exists is not added.
+
+        A handful of statements per batch, not per job: intake of ten thousand dropped files
+        must not cost ten thousand round trips to the database thread.
+        """
         now = time.time()
-        out: builtins.list[InsertResult] = []
+        params_json: dict[int, str] = {}  # units of one drop share one params dict: encode it once
+        rows = [
+            (
+                j.engine,
+                j.route,
+                j.batch,
+                j.source,
+                j.input_path,
+                json.dumps(j.input_paths or [j.input_path]),
+                j.content_hash,
+                int(j.forced),
+                j.provider,
+                params_json.get(id(j.params)) or params_json.setdefault(id(j.params), json.dumps(j.params)),
+                j.priority,
+                j.status,
+                j.max_attempts,
+                (j.error or {}).get("kind"),
+                (j.error or {}).get("message"),
+                (j.error or {}).get("hint"),
+                now,
+                now,
+                now if j.status in TERMINAL else None,
+            )
+            for j in jobs
+        ]
         async with self.transaction() as db:
-            for j in jobs:
-                err = j.error or {}
-                cur = await db.execute(
-                    "INSERT INTO jobs(engine, route, batch, source, input_path, input_paths, content_hash,"
-                    " forced, provider, params, priority, status, max_attempts, error_kind, error_message,"
-                    " error_hint, created_at, updated_at, finished_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-                    (
-                        j.engine,
-                        j.route,
-                        j.batch,
-                        j.source,
-                        j.input_path,
-                        json.dumps(j.input_paths or [j.input_path]),
-                        j.content_hash,
-                        int(j.forced),
-                        j.provider,
-                        json.dumps(j.params),
-                        j.priority,
-                        j.status,
-                        j.max_attempts,
-                        err.get("kind"),
-                        err.get("message"),
-                        err.get("hint"),
-                        now,
-                        now,
-                        now if j.status in TERMINAL else None,
-                    ),
-                )
-                if cur.rowcount == 1 and cur.lastrowid is not None:
-                    job_id = cur.lastrowid
-                    await self._event(job_id, "state", f"{j.status}: {j.input_path}", {"status": j.status})
-                    out.append(InsertResult(job_id, True))
+            cur = await db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs")
+            before = int((await cur.fetchone() or (0,))[0])
+            await db.executemany(
+                "INSERT INTO jobs(engine, route, batch, source, input_path, input_paths, content_hash,"
+                " forced, provider, params, priority, status, max_attempts, error_kind, error_message,"
+                " error_hint, created_at, updated_at, finished_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                rows,
+            )
+            cur = await db.execute(
+                "SELECT id, route, batch, content_hash, input_path, forced FROM jobs WHERE id > ? ORDER BY id",
+                (before,),
+            )
+            created: dict[tuple[str, str, str, str], int] = {}
+            forced_ids: builtins.list[int] = []
+            for r in await cur.fetchall():
+                if r[5]:
+                    forced_ids.append(int(r[0]))
                 else:
-                    cur = await db.execute(
-                        "SELECT id FROM jobs WHERE route = ? AND batch = ? AND content_hash = ? AND forced = 0",
-                        (j.route, j.batch, j.content_hash),
-                    )
-                    row = await cur.fetchone()
-                    if row is None:  # pragma: no cover - the unique index guarantees a row
+                    created[(r[1], r[2], r[3], r[4])] = int(r[0])
+            missing = {
+                j.content_hash
+                for j in jobs
+                if not j.forced and (j.route, j.batch, j.content_hash, j.input_path) not in created
+            }
+            existing: dict[tuple[str, str, str], int] = {}
+            hashes = builtins.list(missing)
+            for i in range(0, len(hashes), 500):
+                chunk = hashes[i : i + 500]
+                cur = await db.execute(
+                    f"SELECT id, route, batch, content_hash FROM jobs WHERE forced = 0"
+                    f" AND content_hash IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                existing.update({(r[1], r[2], r[3]): int(r[0]) for r in await cur.fetchall()})
+            out: builtins.list[InsertResult] = []
+            events = []
+            forced_iter = iter(forced_ids)
+            for j in jobs:
+                if j.forced:
+                    job_id, new = next(forced_iter), True
+                elif (key := (j.route, j.batch, j.content_hash, j.input_path)) in created:
+                    job_id, new = created.pop(key), True
+                else:
+                    found = existing.get((j.route, j.batch, j.content_hash))
+                    if found is None:  # pragma: no cover - the unique index guarantees a row
                         raise StoreError(f"insert of {j.input_path} conflicted with nothing")
-                    out.append(InsertResult(int(row[0]), False))
+                    job_id, new = found, False
+                out.append(InsertResult(job_id, new))
+                if new:
+                    events.append(
+                        (
+                            job_id,
+                            now,
+                            "state",
+                            f"{j.status}: {j.input_path}",
+                            json.dumps({"status": j.status}),
+                        )
+                    )
+            await db.executemany(
+                "INSERT INTO events(job_id, at, kind, message, data) VALUES (?, ?, ?, ?, ?)", events
+            )
         return out
 
     # --- reading ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,10 +21,16 @@ from pathlib import Path
 import watchfiles
 from dropflow.daemon.config import Route, WatchSettings
 from dropflow.daemon.router import TEMP_SUFFIXES, Router, is_ignored_name
+from dropflow.engine.files import file_hash
 
 log = logging.getLogger("dropflow.watcher")
 
-Signature = tuple[int, int, int, bool]  # files, bytes, newest mtime (ns), a temp file inside
+Signature = tuple[
+    int, int, int, bool, bool
+]  # files, bytes, newest mtime (ns), a temp file inside, is a folder
+Ready = tuple[Route, Path, Signature, str | None]  # ... and the content hash when already known
+
+PREHASH_MAX_BYTES = 64 * 1024 * 1024
 
 
 def signature(path: Path) -> Signature | None:
@@ -32,8 +39,8 @@ def signature(path: Path) -> Signature | None:
         st = path.stat()
     except FileNotFoundError:
         return None
-    if not path.is_dir():
-        return (1, st.st_size, st.st_mtime_ns, False)
+    if not stat.S_ISDIR(st.st_mode):
+        return (1, st.st_size, st.st_mtime_ns, False, False)
     files = size = 0
     newest = st.st_mtime_ns
     busy = False
@@ -56,7 +63,7 @@ def signature(path: Path) -> Signature | None:
                 newest = max(newest, os.stat(os.path.join(dirpath, d)).st_mtime_ns)
             except FileNotFoundError:
                 pass
-    return (files, size, newest, busy)
+    return (files, size, newest, busy, True)
 
 
 @dataclass
@@ -82,6 +89,12 @@ class SettleGate:
         # the second, confirming look at a unit that was already old when first seen
         self.recheck = min(settings.check_seconds, self.settle) if self.settle else 0.0
         self.pending: dict[Path, _Pending] = {}
+        # files seen with a new signature since the last take_fresh(): worth hashing ahead
+        self.fresh: list[tuple[Path, Signature]] = []
+
+    def take_fresh(self) -> list[tuple[Path, Signature]]:
+        fresh, self.fresh = self.fresh, []
+        return fresh
 
     def offer(self, route: Route, unit: Path) -> None:
         if unit not in self.pending:
@@ -106,6 +119,8 @@ class SettleGate:
             if sig != p.sig:
                 p.sig = sig
                 p.stable_since = now
+                if not sig[4] and sig[1] <= PREHASH_MAX_BYTES:
+                    self.fresh.append((unit, sig))
                 p.due = now + self._wait_left(sig, wall_ns, 0.0, first_look=True)
                 continue
             if sig[3]:  # a partial download inside a folder unit
@@ -137,7 +152,7 @@ class Watcher:
         self,
         settings: WatchSettings,
         router: Router,
-        on_ready: Callable[[list[tuple[Route, Path, Signature]]], Awaitable[None]],
+        on_ready: Callable[[list[Ready]], Awaitable[None]],
     ) -> None:
         self.settings = settings
         self.router = router
@@ -146,6 +161,9 @@ class Watcher:
         self.on_ready = on_ready
         # units already handed over, with the signature they had: not offered again unless changed
         self.known: dict[Path, Signature] = {}
+        # content hashes computed while files settle, valid only for the signature they were taken at
+        self.prehashed: dict[Path, tuple[Signature, str]] = {}
+        self._prehashing: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
     def remember_path(self, raw: str) -> None:
@@ -257,11 +275,31 @@ class Watcher:
                 except TimeoutError:
                     pass
                 continue
-            ready = await asyncio.to_thread(self.gate.check)
-            if ready:
-                for _route, unit, sig in ready:
+            settled = await asyncio.to_thread(self.gate.check)
+            fresh = self.gate.take_fresh()
+            if fresh:
+                # hash while the files settle, so that settling is not followed by reading them all
+                task = asyncio.create_task(asyncio.to_thread(self._prehash, fresh))
+                self._prehashing.add(task)
+                task.add_done_callback(self._prehashing.discard)
+            if settled:
+                ready: list[Ready] = []
+                for route, unit, sig in settled:
                     self.known[unit] = sig
+                    pre = self.prehashed.pop(unit, None)
+                    ready.append((route, unit, sig, pre[1] if pre and pre[0] == sig else None))
                 await self.on_ready(ready)
+
+    def _prehash(self, fresh: list[tuple[Path, Signature]]) -> None:
+        for unit, sig in fresh:
+            if unit not in self.gate.pending:
+                continue
+            try:
+                digest = file_hash(unit)
+            except OSError:
+                continue
+            if signature(unit) == sig:  # unchanged while it was read: the hash is the content's
+                self.prehashed[unit] = (sig, digest)
 
     async def _stop_or_wake(self, stop: asyncio.Event) -> None:
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]

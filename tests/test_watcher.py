@@ -9,7 +9,7 @@ from pathlib import Path
 from dropflow.daemon import config as cfgmod
 from dropflow.daemon.config import WatchSettings
 from dropflow.daemon.router import is_ignored_name
-from dropflow.daemon.watcher import SettleGate, signature
+from dropflow.daemon.watcher import SettleGate, Watcher, signature
 
 from tests.conftest import RunningDaemon, running_daemon, wait_for, write_config
 from tests.engines import read_runs
@@ -177,3 +177,41 @@ async def test_folder_unit_settles_as_a_whole(tmp_path: Path) -> None:
 async def _succeeded(store):  # type: ignore[no-untyped-def]
     jobs = await store.list()
     return jobs if jobs and all(j.status == "succeeded" for j in jobs) else None
+
+
+async def test_hash_taken_while_settling_is_used_only_if_the_file_did_not_change(tmp_path: Path) -> None:
+    import hashlib
+
+    from dropflow.daemon.router import Router
+
+    cfg = cfgmod.load(write_config(tmp_path / "p", settle=0.4))
+    from dropflow.engine import registry
+
+    registry.load_plugin("tests.engines:RecordEngine")
+    got: list[tuple[Path, str | None]] = []
+
+    async def on_ready(ready):  # type: ignore[no-untyped-def]
+        got.extend((unit, digest) for _r, unit, _s, digest in ready)
+
+    w = Watcher(cfg.watch, Router(cfg), on_ready)
+    stable = cfg.paths.inbox / "record" / "stable.txt"
+    stable.write_bytes(b"stable content")
+    w.hint(stable)
+    stop = asyncio.Event()
+    task = asyncio.create_task(w._settle(stop))
+    try:
+        await wait_for(lambda: _nonempty(got), timeout=10)
+    finally:
+        stop.set()
+        w._wake.set()
+        await task
+    [(unit, digest)] = got
+    assert unit == stable
+    assert digest == hashlib.sha256(b"stable content").hexdigest()
+    # a hash whose signature no longer matches is never handed over
+    w.prehashed[stable] = ((1, 1, 1, False, False), "stale")
+    assert w.prehashed.pop(stable)[0] != signature(stable)
+
+
+async def _nonempty(items: list[object]) -> bool:
+    return bool(items)
