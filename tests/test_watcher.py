@@ -183,10 +183,9 @@ async def test_hash_taken_while_settling_is_used_only_if_the_file_did_not_change
     import hashlib
 
     from dropflow.daemon.router import Router
-
-    cfg = cfgmod.load(write_config(tmp_path / "p", settle=0.4))
     from dropflow.engine import registry
 
+    cfg = cfgmod.load(write_config(tmp_path / "p", settle=0.6))
     registry.load_plugin("tests.engines:RecordEngine")
     got: list[tuple[Path, str | None]] = []
 
@@ -194,23 +193,27 @@ async def test_hash_taken_while_settling_is_used_only_if_the_file_did_not_change
         got.extend((unit, digest) for _r, unit, _s, digest in ready)
 
     w = Watcher(cfg.watch, Router(cfg), on_ready)
-    stable = cfg.paths.inbox / "record" / "stable.txt"
-    stable.write_bytes(b"stable content")
-    w.hint(stable)
+    target = cfg.paths.inbox / "record" / "changing.txt"
+    target.write_bytes(b"first version")
+    w.hint(target)
     stop = asyncio.Event()
     task = asyncio.create_task(w._settle(stop))
     try:
+        await wait_for(lambda: _has(w.prehashed, target), timeout=10)
+        assert w.prehashed[target][1] == hashlib.sha256(b"first version").hexdigest()
+        target.write_bytes(b"second, longer version")  # changes after it was hashed
         await wait_for(lambda: _nonempty(got), timeout=10)
     finally:
         stop.set()
         w._wake.set()
         await task
     [(unit, digest)] = got
-    assert unit == stable
-    assert digest == hashlib.sha256(b"stable content").hexdigest()
-    # a hash whose signature no longer matches is never handed over
-    w.prehashed[stable] = ((1, 1, 1, False, False), "stale")
-    assert w.prehashed.pop(stable)[0] != signature(stable)
+    assert unit == target
+    assert digest == hashlib.sha256(b"second, longer version").hexdigest()
+
+
+async def _has(d: dict[Path, object], key: Path) -> bool:
+    return key in d
 
 
 async def _nonempty(items: list[object]) -> bool:
