@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
 from dropflow.daemon import __version__
 from dropflow.daemon.config import Config, find_config, load, redacted_dump
 from dropflow.daemon.store import STATUSES, Job, NewJob, Store

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from dropflow.engine.errors import ConfigError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from dropflow.engine.errors import ConfigError
 
 M = TypeVar("M", bound="BaseModel")
 

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
 from dropflow.daemon.config import FOLDER_OVERRIDE_NAME, Config, Route, line_of, load_override
 from dropflow.engine import registry
 from dropflow.engine.base import Engine
 from dropflow.engine.errors import ConfigError, DropflowError
-from pydantic import ValidationError
 
 TEMP_SUFFIXES = (".part", ".crdownload", ".download", ".tmp", ".partial", ".swp")
 SIDECAR_SUFFIXES = (".error.txt",)

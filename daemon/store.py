@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+
 from dropflow.daemon.schema import MIGRATIONS
 
 STATUSES = ("queued", "running", "waiting", "paused", "succeeded", "failed", "cancelled")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import watchfiles
+
 from dropflow.daemon.config import Route, WatchSettings
 from dropflow.daemon.router import TEMP_SUFFIXES, Router, is_ignored_name
 from dropflow.engine.files import file_hash

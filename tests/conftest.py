@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from dropflow.daemon import config as config_mod
 from dropflow.daemon.config import Config
 from dropflow.daemon.daemon import Daemon

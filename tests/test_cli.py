@@ -71,7 +71,7 @@ def test_submit_jobs_json_and_job(cfg_path: Path, tmp_path: Path, capsys: pytest
 
     code, out, _ = run(capsys, "--config", str(cfg_path), "job", "1")
     assert code == EXIT_OK and "queued" in out and str(src) in out
-    code, _, err = run(capsys, "--config", str(cfg_path), "job", "99")
+    code, _, _ = run(capsys, "--config", str(cfg_path), "job", "99")
     assert code == EXIT_MISSING
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from dropflow.daemon import config as cfgmod
 from dropflow.engine.errors import ConfigError
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from dropflow.daemon import config as cfgmod
 from dropflow.engine.fakes import FakeDashScope
 from dropflow.engine.fakes.server import Fault
-
 from tests.conftest import running_daemon, write_config
 
 KEY = "sk-test-provider-key-0042"

@@ -10,7 +10,6 @@ from dropflow.daemon.logs import Redactor
 from dropflow.daemon.store import Store
 from dropflow.engine.fakes import FakeDashScope
 from dropflow.engine.fakes.server import Fault
-
 from tests.conftest import DaemonProcess, wait_for, write_config
 
 KEY = "sk-live-DO-NOT-LEAK-7f3a9c"

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from dropflow.daemon.store import Job
-
 from tests.conftest import RunningDaemon, wait_for
 from tests.engines import read_runs
 

@@ -10,7 +10,6 @@ from dropflow.daemon import config as cfgmod
 from dropflow.daemon.config import WatchSettings
 from dropflow.daemon.router import is_ignored_name
 from dropflow.daemon.watcher import SettleGate, Watcher, signature
-
 from tests.conftest import RunningDaemon, running_daemon, wait_for, write_config
 from tests.engines import read_runs
 
@@ -139,7 +138,6 @@ async def test_folder_unit_settles_as_a_whole(tmp_path: Path) -> None:
     from dropflow.daemon.daemon import Daemon
     from dropflow.daemon.logs import Redactor
     from dropflow.daemon.store import Store
-
     from tests.conftest import write_config
 
     root = tmp_path / "p"
