@@ -32,7 +32,7 @@ def test_opencv_is_the_headless_build_and_needs_no_libgl() -> None:
 @pytest.mark.timeout(300)
 def test_wheel_installs_into_a_clean_venv(tmp_path: Path) -> None:
     wheel_dir = tmp_path / "wheel"
-    subprocess.run(
+    build = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -45,9 +45,10 @@ def test_wheel_installs_into_a_clean_venv(tmp_path: Path) -> None:
             str(wheel_dir),
             str(REPO),
         ],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    assert build.returncode == 0, build.stderr[-3000:]
     [wheel] = list(wheel_dir.glob("dropflow-*.whl"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
