@@ -102,7 +102,7 @@ class Intake:
         path = Path(nj.input_path)
         if existing.status in ("failed", "cancelled"):
             if existing.input_path != nj.input_path or not error_sidecar(path).exists():
-                await self.store.requeue_failed(existing_id, nj.input_path)
+                await self.store.requeue_failed(existing_id, nj.input_path, nj.input_paths)
                 self.on_new()
             return
         if existing.input_path == nj.input_path:

@@ -800,14 +800,17 @@ class Store:
         )
         await self._event(job_id, "state", message, {"status": status})
 
-    async def requeue_failed(self, job_id: int, input_path: str) -> None:
-        """The same content was dropped again after its job failed: try once more, from the new copy."""
+    async def requeue_failed(
+        self, job_id: int, input_path: str, input_paths: builtins.list[str] | None = None
+    ) -> None:
+        """The same content was dropped again after its job failed: try once more, from the new copy
+        (`input_paths`: every file of a multi-file unit, primary first)."""
         async with self.transaction() as db:
             await db.execute(
                 "UPDATE jobs SET status = 'queued', attempts = 0, input_path = ?, input_paths = ?,"
                 " next_attempt_at = NULL, error_kind = NULL, error_message = NULL, error_hint = NULL,"
                 " finished_at = NULL, updated_at = ? WHERE id = ? AND status IN ('failed','cancelled')",
-                (input_path, json.dumps([input_path]), time.time(), job_id),
+                (input_path, json.dumps(input_paths or [input_path]), time.time(), job_id),
             )
             await self._event(job_id, "state", f"dropped again ({input_path}): queued", {"status": "queued"})
 

@@ -35,7 +35,15 @@ class VideoPart:
     fps: float
 
 
-Part = TextPart | ImagePart | VideoPart
+@dataclass(frozen=True)
+class AudioPart:
+    """A short audio clip sent inline (e.g. a WAV chunk of a soundtrack for speech recognition)."""
+
+    data: bytes
+    mime: str = "audio/wav"
+
+
+Part = TextPart | ImagePart | VideoPart | AudioPart
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,14 @@ class VideoGenProvider(Protocol):
 
     name: ClassVar[str]
     offline: ClassVar[bool]
+
+    async def prepare(self, request: VideoGenRequest) -> VideoGenRequest:
+        """Do everything that creates no task (upload a local image); `submit` of the result is
+        then one create call, so a caller can tell "never sent" failures from "maybe created" ones.
+
+        Raises: RetryableError, AuthError, PermanentError; InputError when a local image is missing.
+        """
+        ...
 
     async def submit(self, request: VideoGenRequest) -> VideoTask:
         """Create a remote task; the returned task id must be saved before waiting on it.

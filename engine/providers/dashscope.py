@@ -12,6 +12,7 @@ suspension, so providers with different base URLs in one event loop do not race.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,6 +26,7 @@ from dashscope.utils.oss_utils import OssUtils
 from dropflow.daemon.config import ProviderSettings
 from dropflow.engine.errors import AuthError, InputError, PermanentError, RetryableError
 from dropflow.engine.providers.base import (
+    AudioPart,
     ImagePart,
     RateLimiter,
     TextPart,
@@ -131,6 +133,8 @@ class DashScopeVision(_DashScopeClient):
                 content.append({"image": image_url(part)})
             elif isinstance(part, VideoPart):
                 content.append({"video": [data_url(f) for f in part.frames], "fps": part.fps})
+            elif isinstance(part, AudioPart):  # speech recognition (qwen3-asr-flash) and audio models
+                content.append({"audio": data_url(part.data, part.mime)})
         out: list[dict[str, Any]] = []
         if request.system:
             out.append({"role": "system", "content": [{"text": request.system}]})
@@ -224,16 +228,26 @@ class DashScopeVideoGen(_DashScopeClient):
             ) from exc
         return str(url)
 
+    async def prepare(self, request: VideoGenRequest) -> VideoGenRequest:
+        """Upload a local image (the request then names ``oss://key``); creates no task.
+
+        Raises RetryableError, AuthError, PermanentError; InputError when the local image is missing.
+        """
+        img = request.image
+        if not img or not _is_local(img):
+            return request
+        path = Path(img.removeprefix("file://"))
+        async with self._limiter:
+            try:
+                url = await asyncio.to_thread(self._upload, request.model, path)
+            except _TRANSPORT_ERRORS as exc:
+                raise transport_error(PROVIDER, exc) from exc
+        return dataclasses.replace(request, image=url)
+
     async def submit(self, request: VideoGenRequest) -> VideoTask:
         """Raises RetryableError, AuthError, PermanentError; InputError when the local image is missing."""
+        request = await self.prepare(request)  # a no-op when the caller prepared it already
         img = request.image
-        if img and _is_local(img):
-            path = Path(img.removeprefix("file://"))
-            async with self._limiter:
-                try:
-                    img = await asyncio.to_thread(self._upload, request.model, path)
-                except _TRANSPORT_ERRORS as exc:
-                    raise transport_error(PROVIDER, exc) from exc
         params: dict[str, Any] = {
             k: v
             for k, v in {

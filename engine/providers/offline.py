@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from dropflow.daemon.config import OfflineSettings
 from dropflow.engine.providers.base import (
+    AudioPart,
     ImagePart,
     TaskStatus,
     TextPart,
@@ -44,6 +45,8 @@ def request_digest(request: VisionRequest) -> str:
             h.update(f"V{part.fps:g}:{len(part.frames)}".encode())
             for frame in part.frames:
                 h.update(hashlib.sha256(frame).digest())
+        elif isinstance(part, AudioPart):
+            h.update(b"A" + hashlib.sha256(part.data).digest())
     return h.hexdigest()[:12]
 
 
@@ -68,6 +71,8 @@ class OfflineVision:
             f"[offline placeholder, not a model's output] {images} image(s), {frames} frame(s); "
             f"request digest {digest}. Set a provider key to get real annotations."
         )
+        if any(isinstance(p, AudioPart) for p in request.parts):
+            summary = f"[offline placeholder transcript, not speech recognition; digest {digest}]"
         text = (
             json.dumps({"offline": True, "description": summary, "digest": digest})
             if request.json_mode
@@ -127,6 +132,10 @@ class OfflineVideoGen:
             self._dir / f"{task_id}.canceled",
             self._dir / f"{task_id}.mp4",
         )
+
+    async def prepare(self, request: VideoGenRequest) -> VideoGenRequest:
+        """Nothing to upload: a local image is read where it lies."""
+        return request
 
     async def submit(self, request: VideoGenRequest) -> VideoTask:
         """Never raises a provider error."""

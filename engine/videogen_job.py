@@ -1,0 +1,310 @@
+"""What one video-gen unit asks for: a prompt file, an image with its prompt, or a `.yaml` job file.
+
+A unit is decided by names in one folder:
+
+- ``shot.txt`` alone: text-to-video;
+- ``shot.png`` (``.jpg .jpeg .webp``) with ``shot.txt``: image-to-video, one unit (the image is the
+  primary; the `.txt` is not a unit of its own while the image is there). If the image already
+  failed for want of a prompt (its ``.error.txt`` sidecar is there), a ``shot.txt`` dropped later
+  becomes the primary of the pair, so adding the prompt is all it takes;
+- ``shot.yaml`` / ``shot.yml``: a job file (`JobFile`); an image beside it with the same name
+  belongs to it (and is archived with it); an image it names elsewhere is read where it lies.
+
+Reading a unit gives a `VideoSpec`; the engine fills what it leaves open from the route's params.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dropflow.daemon.config import validation_error
+from dropflow.daemon.intake import error_sidecar
+from dropflow.engine.errors import InputError
+
+PROMPT_SUFFIX = ".txt"
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+JOB_SUFFIXES = frozenset({".yaml", ".yml"})
+ALL_SUFFIXES = frozenset({PROMPT_SUFFIX, *IMAGE_SUFFIXES, *JOB_SUFFIXES})
+MAX_TEXT_BYTES = 256 * 1024  # a prompt or job file larger than this is not a prompt
+REMOTE_PREFIXES = ("http://", "https://", "oss://", "data:")
+NO_PROMPT = "has no prompt"  # in the error of an image dropped alone; its sidecar is how a later prompt knows
+
+_SIZE_RE = re.compile(r"^(\d{2,5})\s*[*xX×]\s*(\d{2,5})$")
+_RESOLUTION_RE = re.compile(r"^(\d{3,4})[pP]$")
+
+
+def normalize_size(value: str | None) -> str | None:
+    """``1280x720`` / ``1280*720`` -> ``1280*720`` (DashScope's spelling). Raises ValueError."""
+    if value is None:
+        return None
+    m = _SIZE_RE.match(str(value).strip())
+    if m is None:
+        raise ValueError("must be WIDTH*HEIGHT, e.g. 1280*720")
+    return f"{m.group(1)}*{m.group(2)}"
+
+
+def normalize_resolution(value: str | None) -> str | None:
+    """``480p`` -> ``480P``. Raises ValueError."""
+    if value is None:
+        return None
+    m = _RESOLUTION_RE.match(str(value).strip())
+    if m is None:
+        raise ValueError("must be like 480P, 720P or 1080P")
+    return f"{m.group(1)}P"
+
+
+class JobFile(BaseModel):
+    """A ``.yaml`` job file dropped into inbox/video-gen/. Every key is optional but the prompt
+    (or an image); unknown keys are an error, reported with the file and line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field("", description="What the video shows; may be empty with an image.")
+    negative_prompt: str | None = Field(None, description="What it must not show.")
+    image: str | None = Field(
+        None, description="First frame: a path (relative to the job file) or an http(s)/oss URL."
+    )
+    model: str | None = Field(None, description="A wan model; the route's t2v / i2v model when empty.")
+    size: str | None = Field(None, description="Text-to-video size, WIDTH*HEIGHT, e.g. 1280*720.")
+    resolution: str | None = Field(None, description="Image-to-video resolution: 480P, 720P, 1080P.")
+    duration: int | None = Field(None, ge=1, le=60, description="Seconds of video.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Fixed seed for repeatable output.")
+    prompt_extend: bool | None = Field(None, description="Let the provider rewrite the prompt.")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        return normalize_size(value)
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution(cls, value: str | None) -> str | None:
+        return normalize_resolution(value)
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """What a unit asks for; None means "the route's default"."""
+
+    kind: Literal["t2v", "i2v"]
+    prompt: str
+    image: str | None = None  # an absolute local path or a URL
+    negative_prompt: str | None = None
+    model: str | None = None
+    size: str | None = None
+    resolution: str | None = None
+    duration: int | None = None
+    seed: int | None = None
+    prompt_extend: bool | None = None
+    job_file: str | None = None  # the job file's name, when there was one
+
+
+# --- which files make a unit ------------------------------------------------------------------------
+
+
+def _sibling(path: Path, suffixes: frozenset[str] | tuple[str, ...]) -> Path | None:
+    """A file beside `path` with the same stem and one of `suffixes` (either case), if any."""
+    for suffix in sorted(suffixes):
+        for variant in (suffix, suffix.upper()):
+            candidate = path.with_name(path.stem + variant)
+            if candidate != path and candidate.is_file():
+                return candidate
+    return None
+
+
+def unit_inputs(path: Path) -> list[Path] | None:
+    """The files of the unit whose primary is `path` (primary first), or None when `path` belongs
+    to another unit (the prompt of an image, the image of a job file) or is not ours."""
+    suffix = path.suffix.lower()
+    if suffix == PROMPT_SUFFIX:
+        image = _sibling(path, IMAGE_SUFFIXES)
+        if image is None or _sibling(image, tuple(JOB_SUFFIXES)) is not None:
+            return [path]
+        if _failed_for_want_of_a_prompt(image):
+            return [path, image]  # this prompt completes the pair
+        return None
+    if suffix in IMAGE_SUFFIXES:
+        if _sibling(path, JOB_SUFFIXES) is not None:
+            return None  # shot.yaml owns shot.png
+        prompt = _sibling(path, (PROMPT_SUFFIX,))
+        return [path, prompt] if prompt is not None else [path]
+    if suffix in JOB_SUFFIXES:
+        image = _job_image_beside(path)
+        return [path, image] if image is not None else [path]
+    return None
+
+
+def _failed_for_want_of_a_prompt(image: Path) -> bool:
+    """The image was dropped alone and its job failed for that (and for nothing else: a pair whose
+    task failed must not become a second, paid job through its prompt)."""
+    try:
+        with open(error_sidecar(image), encoding="utf-8", errors="replace") as fh:
+            return f"{image.name} {NO_PROMPT}" in fh.read(4096)
+    except OSError:
+        return False
+
+
+def _job_image_beside(job: Path) -> Path | None:
+    """The image a job file names, when it is the same-named file beside it (so it is archived with it)."""
+    try:
+        data = yaml.safe_load(job.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # the run reports what is wrong with the file
+    ref = data.get("image") if isinstance(data, dict) else None
+    if not isinstance(ref, str) or ref.startswith(REMOTE_PREFIXES):
+        return None
+    image = _local(ref, job.parent)
+    if image.parent == job.parent and image.stem == job.stem and image.suffix.lower() in IMAGE_SUFFIXES:
+        return image
+    return None
+
+
+def _local(ref: str, base: Path) -> Path:
+    p = Path(ref.removeprefix("file://")).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+# --- reading a unit ---------------------------------------------------------------------------------
+
+
+def read_text(path: Path, what: str) -> str:
+    """A small UTF-8 text file, stripped (a BOM is dropped).
+
+    Raises InputError: missing, too large, or not UTF-8 text.
+    """
+    try:
+        size = path.stat().st_size
+        if size > MAX_TEXT_BYTES:
+            raise InputError(
+                f"{path.name} is {size:,} bytes; a {what} is at most {MAX_TEXT_BYTES:,}",
+                hint=f"is {path.name} really a {what}? keep it short plain text",
+            )
+        return path.read_text(encoding="utf-8-sig").strip()
+    except FileNotFoundError:
+        raise InputError(
+            f"{path.name} disappeared before it was read",
+            hint="drop it again; a file that belongs to this job was moved away",
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path.name} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+            hint=f"save {path.name} as UTF-8 plain text",
+        ) from exc
+
+
+def load_job_file(path: Path) -> JobFile:
+    """Parse and validate a job file; errors name the file, the key and the line.
+
+    Raises InputError.
+    """
+    text = read_text(path, "job file")
+    try:
+        # no ${VAR} interpolation here, unlike config.yaml: a prompt must never pull in the environment
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path.name}:{mark.line + 1}" if mark is not None else path.name
+        raise InputError(
+            f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}",
+            hint=f"fix the YAML syntax of {path.name} at that line and drop it again",
+        ) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(
+            f"{path.name}:1: a job file is a mapping of keys (prompt: ..., image: ...)",
+            hint="see the README's video-gen section for the job file keys",
+        )
+    try:
+        return JobFile.model_validate(data)
+    except ValidationError as exc:
+        err = validation_error(path, node, exc)
+        raise InputError(
+            err.message,
+            hint=f"fix {path.name} (keys: {', '.join(JobFile.model_fields)}) and drop it again",
+        ) from None
+
+
+def read_spec(inputs: list[Path], *, default_prompt: str = "") -> VideoSpec:
+    """What the unit asks for (blocking: reads files, decodes the image header).
+
+    Raises InputError: an unreadable file, an empty prompt, an image that is not one, a job file
+    with bad keys or values, an image with no prompt and no route default.
+    """
+    by_kind: dict[str, Path] = {}
+    for p in inputs:
+        s = p.suffix.lower()
+        by_kind["job" if s in JOB_SUFFIXES else "image" if s in IMAGE_SUFFIXES else "prompt"] = p
+    if "job" in by_kind:
+        return _from_job_file(by_kind["job"])
+    image = by_kind.get("image")
+    prompt = read_text(by_kind["prompt"], "prompt") if "prompt" in by_kind else ""
+    if image is None:
+        txt = by_kind["prompt"]
+        if not prompt:
+            raise InputError(f"{txt.name} is empty", hint=f"write the video's description into {txt.name}")
+        return VideoSpec(kind="t2v", prompt=prompt)
+    check_image(image)
+    if not prompt:
+        if not default_prompt.strip():
+            raise InputError(
+                f"{image.name} {NO_PROMPT}: no {image.stem}.txt beside it (or it is empty) "
+                "and the route sets no default_prompt",
+                hint=f"drop {image.stem}.txt with the prompt next to {image.name} (the pair then runs), "
+                "or set params.default_prompt for this route",
+            )
+        prompt = default_prompt.strip()
+    return VideoSpec(kind="i2v", prompt=prompt, image=str(image))
+
+
+def check_image(path: Path) -> None:
+    """Raises InputError unless `path` is a readable image within the pixel cap."""
+    from dropflow.engine.media import load_image
+
+    load_image(path)
+
+
+def _from_job_file(path: Path) -> VideoSpec:
+    job = load_job_file(path)
+    image: str | None = None
+    if job.image:
+        if job.image.startswith(REMOTE_PREFIXES):
+            image = job.image
+        else:
+            local = _local(job.image, path.parent)
+            if not local.is_file():
+                raise InputError(
+                    f"{path.name}: image {job.image!r} does not exist (looked for {local})",
+                    hint="give a path relative to the job file, an absolute path, or an http(s) URL",
+                )
+            if local.suffix.lower() not in IMAGE_SUFFIXES:
+                raise InputError(
+                    f"{path.name}: image {local.name} is not a {'/'.join(sorted(IMAGE_SUFFIXES))} file",
+                    hint="convert the first frame to PNG or JPEG",
+                )
+            check_image(local)
+            image = str(local)
+    if not job.prompt.strip() and image is None:
+        raise InputError(
+            f"{path.name} has neither a prompt nor an image", hint="add `prompt: ...` to the job file"
+        )
+    if job.size and job.resolution:
+        raise InputError(
+            f"{path.name} sets both size and resolution",
+            hint="size (WIDTH*HEIGHT) is for text-to-video, resolution (480P/720P/1080P) for image-to-video",
+        )
+    fields: dict[str, Any] = job.model_dump(exclude={"image", "prompt"})
+    return VideoSpec(
+        kind="i2v" if image else "t2v",
+        prompt=job.prompt.strip(),
+        image=image,
+        job_file=path.name,
+        **fields,
+    )
