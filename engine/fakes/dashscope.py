@@ -1,7 +1,8 @@
 """A loopback DashScope (native API) that the real `dashscope` SDK can be pointed at.
 
 Endpoints (route names in brackets, for `count()` / `requests()`):
-- ``POST /api/v1/services/aigc/multimodal-generation/generation`` [multimodal], JSON or SSE
+- ``POST /api/v1/services/aigc/multimodal-generation/generation`` [multimodal], JSON or SSE; parts
+  ``text``, ``image``, ``video`` (a frame list or a file) and ``audio`` (speech recognition, qwen3-asr-flash)
 - ``POST /api/v1/services/aigc/text-generation/generation`` [text]
 - ``GET  /api/v1/uploads?action=getPolicy&model=`` [upload_policy], then ``POST /oss`` [oss_upload]
 - ``POST /api/v1/services/aigc/video-generation/video-synthesis`` [video_synthesis] (async header required)
@@ -198,6 +199,10 @@ class FakeDashScope(FakeServer):
                     prompt.frames.extend(frames)
                     if "fps" in part:
                         prompt.fps = float(part["fps"])
+                elif "audio" in part:
+                    if problem := self._check_url(request, part["audio"]):
+                        return prompt, problem
+                    prompt.audios.append(part["audio"])
         return prompt, None
 
     async def _multimodal(self, request: web.Request) -> web.StreamResponse:
@@ -218,6 +223,8 @@ class FakeDashScope(FakeServer):
             usage["image_tokens"] = tokens["image_tokens"]
         if prompt.frames:
             usage["video_tokens"] = tokens["video_tokens"]
+        if prompt.audios:
+            usage["audio_tokens"] = tokens["audio_tokens"]
         if request.headers.get("X-DashScope-SSE") == "enable":
             return await self._stream(request, text, usage, body.get("parameters") or {})
         return self.ok(

@@ -83,6 +83,8 @@ class FakeOpenAI(FakeServer):
                         prompt.fps = float(part["fps"])
                 elif kind == "video_url":
                     prompt.frames.append(part["video_url"]["url"])
+                elif kind == "input_audio":
+                    prompt.audios.append(part["input_audio"]["data"])
                 else:
                     return prompt, f"unsupported content part type: {kind!r}"
         return prompt, None

@@ -94,13 +94,17 @@ class Prompt:
     texts: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)  # URLs / data URLs / base64 payloads
     frames: list[str] = field(default_factory=list)
+    audios: list[str] = field(default_factory=list)  # data URLs / URLs / base64 payloads of audio parts
     fps: float | None = None
     system: str | None = None
     json_mode: bool = False
     model: str = ""
 
     def digest(self) -> str:
-        blob = json.dumps([self.system, self.texts, self.images, self.frames, self.fps], sort_keys=True)
+        fields: list[Any] = [self.system, self.texts, self.images, self.frames, self.fps]
+        if self.audios:  # only when present, so digests of requests without audio stay as they were
+            fields.append(self.audios)
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -113,6 +117,8 @@ def default_answer(provider: str, prompt: Prompt) -> str:
     )
     if prompt.fps is not None:
         summary += f" at {prompt.fps:g} fps"
+    if prompt.audios:
+        summary += f", {len(prompt.audios)} audio clip(s)"
     summary += f"; digest {prompt.digest()}; prompt: {head}"
     if prompt.json_mode:
         return json.dumps(
@@ -131,11 +137,13 @@ def token_usage(prompt: Prompt, answer: str) -> dict[str, int]:
     text_tokens = sum(len(t) for t in prompt.texts) // 4 + len(prompt.system or "") // 4 + 1
     image_tokens = 256 * len(prompt.images)
     video_tokens = 64 * len(prompt.frames)
+    audio_tokens = 128 * len(prompt.audios)
     return {
         "text_tokens": text_tokens,
         "image_tokens": image_tokens,
         "video_tokens": video_tokens,
-        "input_tokens": text_tokens + image_tokens + video_tokens,
+        "audio_tokens": audio_tokens,
+        "input_tokens": text_tokens + image_tokens + video_tokens + audio_tokens,
         "output_tokens": max(1, len(answer.split())),
     }
 

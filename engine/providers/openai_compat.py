@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any, ClassVar
 
 from dropflow.daemon.config import ProviderSettings
-from dropflow.engine.providers.base import ImagePart, TextPart, Usage, VideoPart, VisionRequest, VisionResult
+from dropflow.engine.providers.base import (
+    AudioPart,
+    ImagePart,
+    TextPart,
+    Usage,
+    VideoPart,
+    VisionRequest,
+    VisionResult,
+)
 from dropflow.engine.providers.common import HttpVisionBase, data_url, image_url
 
 
@@ -40,6 +49,12 @@ class OpenAICompatVision(HttpVisionBase):
                     parts.append({"type": "video", "video": urls, "fps": part.fps})
                 else:
                     parts.extend({"type": "image_url", "image_url": {"url": u}} for u in urls)
+            elif isinstance(part, AudioPart):  # the chat-completions audio part (vLLM audio models, OpenAI)
+                audio = {
+                    "data": base64.b64encode(part.data).decode("ascii"),
+                    "format": part.mime.split("/")[-1],
+                }
+                parts.append({"type": "input_audio", "input_audio": audio})
         messages: list[dict[str, Any]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
