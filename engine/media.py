@@ -116,7 +116,8 @@ def safe_unzip(
                     f"{archive.name}: entry {name!r} climbs out with '..'", hint="refused: unsafe ZIP"
                 )
             mode = info.external_attr >> 16
-            if mode and (stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+            # permission bits without a file type (Python's writestr, many tools) mean a plain file
+            if stat.S_IFMT(mode) and (stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
                 raise InputError(
                     f"{archive.name}: entry {name!r} is a link or device", hint="refused: unsafe ZIP"
                 )

@@ -1,0 +1,512 @@
+"""Fine-tuning dataset formats: pure functions from item records to the files trainers read.
+
+One `ItemRecord` per image (the model's answer plus everything needed to re-render it) can be
+rendered into each format; nothing here calls a model or writes a file. A `Plan` lists the files
+(as lazily generated text chunks) and the image links a format needs; `dataset_folder` writes
+them atomically.
+
+| format        | files (relative to the dataset folder)                     | image paths          |
+|---------------|------------------------------------------------------------|----------------------|
+| llamafactory  | train.jsonl, val.jsonl, dataset_info.json (sharegpt)       | relative             |
+| swift         | swift_train.jsonl, swift_val.jsonl                         | absolute             |
+| llava         | llava_train.json, llava_val.json (JSON arrays; Qwen-VL too) | relative             |
+| openai        | openai_train.jsonl, openai_val.jsonl                       | inline data URLs     |
+| imagefolder   | imagefolder/{train,validation}/metadata.jsonl + images     | beside the metadata  |
+
+The train/validation split is a pure function of an item's content hash, so it never changes
+when items are added, and every format agrees on it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+FormatName = Literal["llamafactory", "swift", "llava", "openai", "imagefolder"]
+FORMAT_NAMES: tuple[FormatName, ...] = ("llamafactory", "swift", "llava", "openai", "imagefolder")
+Split = Literal["train", "validation"]
+
+# LLaMA-Factory (and ms-swift) count these placeholders in the text to match them with the
+# media lists; a literal one inside an answer shifts every image of the batch.
+PLACEHOLDERS = ("<image>", "<video>", "<audio>")
+IMAGE_TOKEN = "<image>"
+
+# OpenAI chat fine-tuning: at most 10 images per example, 10 MB each, JPEG/PNG/WEBP.
+OPENAI_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+OPENAI_MAX_IMAGES = 10
+OPENAI_MIMES = frozenset({"image/jpeg", "image/png", "image/webp"})
+
+SHAREGPT_TAGS = {
+    "role_tag": "role",
+    "content_tag": "content",
+    "user_tag": "user",
+    "assistant_tag": "assistant",
+    "system_tag": "system",
+}
+
+# every file a format may own: a file of the format that is not in the current plan is stale
+# (e.g. val.jsonl after val_ratio went back to 0) and is removed by the writer
+FORMAT_FILES: dict[FormatName, tuple[str, ...]] = {
+    "llamafactory": ("train.jsonl", "val.jsonl", "dataset_info.json"),
+    "swift": ("swift_train.jsonl", "swift_val.jsonl"),
+    "llava": ("llava_train.json", "llava_val.json"),
+    "openai": ("openai_train.jsonl", "openai_val.jsonl"),
+    "imagefolder": ("imagefolder/train/metadata.jsonl", "imagefolder/validation/metadata.jsonl"),
+}
+IMAGEFOLDER_DIR = "imagefolder"
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """One finished item: what was asked, what came back, and what it cost. Stored as JSON."""
+
+    hash: str  # sha256 of the dropped image's bytes: the item's identity
+    source: str  # what the user dropped (file name, or zip/member), for humans
+    image: str  # the stored image, relative to the dataset folder (posix)
+    prompt: str
+    answer: str  # already checked and escaped
+    system: str | None = None
+    mime: str = "image/jpeg"
+    width: int = 0
+    height: int = 0
+    converted: bool = False  # re-encoded (resized / RGB JPEG) rather than copied
+    provider: str = ""
+    model: str = ""
+    offline: bool = False  # the offline provider's placeholder, not a model's answer
+    json_mode: bool = False
+    request_id: str = ""
+    finish_reason: str = ""
+    usage: dict[str, int] = field(default_factory=dict)  # every call for this item, rejected ones too
+    calls: int = 1
+    rejected: list[dict[str, str]] = field(default_factory=list)  # answers that failed the checks
+    created: float = 0.0  # epoch seconds; rows are ordered by it so that new items go last
+    version: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ItemRecord:
+        """Build from stored JSON, ignoring keys a newer version may have added.
+
+        Raises KeyError / TypeError when a required key is missing or malformed.
+        """
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class FailedItem:
+    """An item that failed for good, with the reason and what the attempts cost."""
+
+    hash: str
+    source: str
+    kind: str
+    reason: str
+    hint: str = ""
+    usage: dict[str, int] = field(default_factory=dict)
+    calls: int = 0
+    provider: str = ""
+    model: str = ""
+    at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FailedItem:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    name: str  # the dataset's name (its folder): the key in dataset_info.json
+    root: Path  # the dataset folder: absolute paths (swift) and image bytes (openai) come from it
+    val_ratio: float = 0.0
+    include_system: bool = True
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    path: str  # relative to the dataset folder
+    chunks: Callable[[], Iterable[str]]  # generated when written: openai lines hold whole images
+
+
+@dataclass(frozen=True)
+class ImageLink:
+    path: str  # where the format wants the image, relative to the dataset folder
+    target: str  # the stored image, relative to the dataset folder
+
+
+@dataclass
+class Plan:
+    format: FormatName
+    files: list[OutputFile] = field(default_factory=list)
+    links: list[ImageLink] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)  # split -> rows written
+    skipped: list[dict[str, str]] = field(default_factory=list)  # items a format's limits exclude
+
+
+# --- shared helpers --------------------------------------------------------------------------------
+
+
+def split_of(content_hash: str, val_ratio: float) -> Split:
+    """Train or validation, decided by the content hash alone (stable as the dataset grows)."""
+    if val_ratio <= 0:
+        return "train"
+    bucket = int(content_hash[:8], 16) / 0x1_0000_0000
+    return "validation" if bucket < val_ratio else "train"
+
+
+def escape_placeholders(text: str) -> str:
+    """`<image>` -> `[image]` (and `<video>`, `<audio>`): the words stay, the trainer's token goes."""
+    for token in PLACEHOLDERS:
+        text = text.replace(token, "[" + token[1:-1] + "]")
+    return text
+
+
+def has_placeholder(text: str) -> bool:
+    return any(token in text for token in PLACEHOLDERS)
+
+
+def jsonl_line(row: Any) -> str:
+    """One JSON document on one line.
+
+    json.dumps escapes newlines, but with ensure_ascii=False it leaves U+2028 / U+2029 raw, and
+    `str.splitlines()` (and some JSONL readers) break lines there: escape them as well.
+    """
+    text = json.dumps(row, ensure_ascii=False)
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") + "\n"
+
+
+def ordered(records: Iterable[ItemRecord]) -> list[ItemRecord]:
+    return sorted(records, key=lambda r: (r.created, r.hash))
+
+
+def _by_split(records: Sequence[ItemRecord], val_ratio: float) -> dict[Split, list[ItemRecord]]:
+    out: dict[Split, list[ItemRecord]] = {"train": [], "validation": []}
+    for rec in ordered(records):
+        out[split_of(rec.hash, val_ratio)].append(rec)
+    return out
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> Callable[[], Iterator[str]]:
+    def gen() -> Iterator[str]:
+        for row in rows:
+            yield jsonl_line(row)
+
+    return gen
+
+
+# --- LLaMA-Factory sharegpt ------------------------------------------------------------------------
+
+
+def sharegpt_row(rec: ItemRecord, *, include_system: bool = True) -> dict[str, Any]:
+    messages: list[dict[str, str]] = []
+    if include_system and rec.system:
+        messages.append({"role": "system", "content": rec.system})
+    messages.append({"role": "user", "content": IMAGE_TOKEN + rec.prompt})
+    messages.append({"role": "assistant", "content": rec.answer})
+    return {"messages": messages, "images": [rec.image]}
+
+
+def check_sharegpt(row: dict[str, Any], tags: dict[str, str] = SHAREGPT_TAGS) -> list[str]:
+    """LLaMA-Factory's documented sharegpt constraints; returns the problems (empty when fine).
+
+    `images` is a list; the number of `<image>` tokens equals len(images); after an optional
+    leading system message, roles alternate user / assistant and end with the assistant.
+    """
+    problems: list[str] = []
+    images = row.get("images")
+    if not isinstance(images, list):
+        problems.append(f"'images' must be a list, not {type(images).__name__}")
+        images = []
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return [*problems, "'messages' must be a non-empty list"]
+    role, content = tags["role_tag"], tags["content_tag"]
+    if messages[0].get(role) == tags.get("system_tag"):
+        messages = messages[1:]
+    if not messages or len(messages) % 2:
+        problems.append("messages must be user/assistant pairs")
+    for i, msg in enumerate(messages):
+        want = tags["user_tag"] if i % 2 == 0 else tags["assistant_tag"]
+        if msg.get(role) != want:
+            problems.append(f"message {i} has role {msg.get(role)!r}, expected {want!r}")
+        if not isinstance(msg.get(content), str):
+            problems.append(f"message {i} content must be a string")
+    tokens = sum(str(m.get(content, "")).count(IMAGE_TOKEN) for m in row["messages"])
+    if tokens != len(images):
+        problems.append(f"{tokens} {IMAGE_TOKEN} token(s) for {len(images)} image(s)")
+    for m in messages[1::2]:
+        if has_placeholder(str(m.get(content, ""))):
+            problems.append("an assistant answer holds a literal media placeholder")
+    return problems
+
+
+def dataset_info(name: str, *, has_val: bool) -> dict[str, Any]:
+    """The `dataset_info.json` entries LLaMA-Factory needs for train (and validation)."""
+
+    def entry(file_name: str) -> dict[str, Any]:
+        return {
+            "file_name": file_name,
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "images": "images"},
+            "tags": dict(SHAREGPT_TAGS),
+        }
+
+    info = {name: entry("train.jsonl")}
+    if has_val:
+        info[f"{name}_val"] = entry("val.jsonl")
+    return info
+
+
+def _llamafactory(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
+    plan = Plan("llamafactory")
+    names = {"train": "train.jsonl", "validation": "val.jsonl"}
+    for split, recs in _by_split(records, opts.val_ratio).items():
+        if split == "validation" and not recs:
+            continue
+        rows = []
+        for rec in recs:
+            row = sharegpt_row(rec, include_system=opts.include_system)
+            problems = check_sharegpt(row)
+            if problems:  # the engine's checks make this unreachable; never ship a row that breaks training
+                plan.skipped.append({"hash": rec.hash, "source": rec.source, "reason": "; ".join(problems)})
+                continue
+            rows.append(row)
+        plan.files.append(OutputFile(names[split], _jsonl(rows)))
+        plan.rows[split] = len(rows)
+    info = dataset_info(opts.name, has_val="validation" in plan.rows)
+    text = json.dumps(info, ensure_ascii=False, indent=2) + "\n"
+    plan.files.append(OutputFile("dataset_info.json", lambda: [text]))
+    return plan
+
+
+# --- ms-swift --------------------------------------------------------------------------------------
+
+
+def swift_row(rec: ItemRecord, root: Path, *, include_system: bool = True) -> dict[str, Any]:
+    """ms-swift's messages + images; absolute image paths, as its docs prefer."""
+    row = sharegpt_row(rec, include_system=include_system)
+    row["images"] = [str((root / rec.image).resolve())]
+    return row
+
+
+def _swift(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
+    plan = Plan("swift")
+    names = {"train": "swift_train.jsonl", "validation": "swift_val.jsonl"}
+    for split, recs in _by_split(records, opts.val_ratio).items():
+        if split == "validation" and not recs:
+            continue
+        rows = [swift_row(r, opts.root, include_system=opts.include_system) for r in recs]
+        plan.files.append(OutputFile(names[split], _jsonl(rows)))
+        plan.rows[split] = len(rows)
+    return plan
+
+
+# --- LLaVA / Qwen-VL finetune scripts ------------------------------------------------------------
+
+
+def llava_item(rec: ItemRecord) -> dict[str, Any]:
+    return {
+        "id": rec.hash[:16],
+        "image": rec.image,
+        "conversations": [
+            {"from": "human", "value": f"{IMAGE_TOKEN}\n{rec.prompt}"},
+            {"from": "gpt", "value": rec.answer},
+        ],
+    }
+
+
+def _json_array(items: list[dict[str, Any]]) -> Callable[[], Iterator[str]]:
+    def gen() -> Iterator[str]:
+        yield "["
+        for i, item in enumerate(items):
+            yield ("\n" if i == 0 else ",\n") + json.dumps(item, ensure_ascii=False)
+        yield "\n]\n"
+
+    return gen
+
+
+def _llava(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
+    plan = Plan("llava")
+    names = {"train": "llava_train.json", "validation": "llava_val.json"}
+    for split, recs in _by_split(records, opts.val_ratio).items():
+        if split == "validation" and not recs:
+            continue
+        plan.files.append(OutputFile(names[split], _json_array([llava_item(r) for r in recs])))
+        plan.rows[split] = len(recs)
+    return plan
+
+
+# --- OpenAI chat fine-tuning ---------------------------------------------------------------------
+
+
+def openai_row(rec: ItemRecord, data_url: str, *, include_system: bool = True) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = []
+    if include_system and rec.system:
+        messages.append({"role": "system", "content": rec.system})
+    messages.append(
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": rec.prompt},
+                {"type": "image_url", "image_url": {"url": data_url}},
+            ],
+        }
+    )
+    messages.append({"role": "assistant", "content": rec.answer})
+    return {"messages": messages}
+
+
+def openai_problem(rec: ItemRecord, size: int) -> str | None:
+    """Why an item cannot go into an OpenAI fine-tuning file, or None."""
+    if rec.mime not in OPENAI_MIMES:
+        return f"{rec.mime} is not one of JPEG/PNG/WEBP"
+    if size > OPENAI_MAX_IMAGE_BYTES:
+        return f"the image is {size:,} bytes, over OpenAI's {OPENAI_MAX_IMAGE_BYTES:,} byte limit"
+    return None
+
+
+def _openai(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
+    from dropflow.engine.providers.common import data_url
+
+    plan = Plan("openai")
+    names = {"train": "openai_train.jsonl", "validation": "openai_val.jsonl"}
+    for split, recs in _by_split(records, opts.val_ratio).items():
+        keep: list[ItemRecord] = []
+        for rec in recs:
+            try:
+                size = (opts.root / rec.image).stat().st_size
+            except OSError as exc:
+                plan.skipped.append(
+                    {"hash": rec.hash, "source": rec.source, "reason": f"image missing: {exc}"}
+                )
+                continue
+            problem = openai_problem(rec, size)
+            if problem:
+                plan.skipped.append({"hash": rec.hash, "source": rec.source, "reason": problem})
+                continue
+            keep.append(rec)
+        if split == "validation" and not keep:
+            continue
+
+        def gen(keep: list[ItemRecord] = keep) -> Iterator[str]:
+            # one image in memory at a time: these files hold every image, base64-encoded
+            for rec in keep:
+                url = data_url((opts.root / rec.image).read_bytes(), rec.mime)
+                yield jsonl_line(openai_row(rec, url, include_system=opts.include_system))
+
+        plan.files.append(OutputFile(names[split], gen))
+        plan.rows[split] = len(keep)
+    return plan
+
+
+# --- Hugging Face imagefolder ----------------------------------------------------------------------
+
+
+def imagefolder_row(rec: ItemRecord) -> dict[str, Any]:
+    return {"file_name": rec.image, "text": rec.answer, "prompt": rec.prompt, "id": rec.hash[:16]}
+
+
+def _imagefolder(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
+    plan = Plan("imagefolder")
+    for split, recs in _by_split(records, opts.val_ratio).items():
+        if split == "validation" and not recs:
+            continue
+        # the metadata file must sit inside the split folder (or `datasets` silently ignores it),
+        # and `file_name` may not leave that folder: the images are linked in beside it
+        base = f"{IMAGEFOLDER_DIR}/{split}"
+        plan.links.extend(ImageLink(f"{base}/{r.image}", r.image) for r in recs)
+        plan.files.append(OutputFile(f"{base}/metadata.jsonl", _jsonl([imagefolder_row(r) for r in recs])))
+        plan.rows[split] = len(recs)
+    return plan
+
+
+_RENDERERS: dict[FormatName, Callable[[Sequence[ItemRecord], RenderOptions], Plan]] = {
+    "llamafactory": _llamafactory,
+    "swift": _swift,
+    "llava": _llava,
+    "openai": _openai,
+    "imagefolder": _imagefolder,
+}
+
+
+def render(fmt: FormatName, records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
+    """The files (and image links) `fmt` needs for `records`.
+
+    Raises KeyError for an unknown format name.
+    """
+    return _RENDERERS[fmt](records, opts)
+
+
+# --- summary ---------------------------------------------------------------------------------------
+
+
+def _add(total: dict[str, int], usage: dict[str, int]) -> None:
+    for key in ("input_tokens", "output_tokens", "image_tokens"):
+        total[key] = total.get(key, 0) + int(usage.get(key, 0) or 0)
+
+
+def summarize(
+    records: Sequence[ItemRecord],
+    failures: Sequence[FailedItem],
+    opts: RenderOptions,
+    plans: Sequence[Plan],
+    *,
+    updated_at: str,
+) -> dict[str, Any]:
+    """`summary.json`: items, failures with reasons, tokens (failures included), providers, formats."""
+    spent_ok: dict[str, int] = {}
+    spent_failed: dict[str, int] = {}
+    for rec in records:
+        _add(spent_ok, rec.usage)
+    for fail in failures:
+        _add(spent_failed, fail.usage)
+    total = dict(spent_ok)
+    _add(total, spent_failed)
+    providers = sorted({r.provider for r in records if r.provider})
+    models = sorted({r.model for r in records if r.model})
+    splits = _by_split(records, opts.val_ratio)
+    return {
+        "dataset": opts.name,
+        "updated_at": updated_at,
+        "items": len(records),
+        "train": len(splits["train"]),
+        "validation": len(splits["validation"]),
+        "failed": len(failures),
+        "failed_items": [
+            {
+                "source": f.source,
+                "hash": f.hash,
+                "kind": f.kind,
+                "reason": f.reason,
+                "hint": f.hint,
+                "usage": f.usage,
+                "calls": f.calls,
+            }
+            for f in sorted(failures, key=lambda f: (f.at, f.hash))
+        ],
+        "tokens": {
+            "input": total.get("input_tokens", 0),
+            "output": total.get("output_tokens", 0),
+            "image": total.get("image_tokens", 0),
+            "failed_input": spent_failed.get("input_tokens", 0),
+            "failed_output": spent_failed.get("output_tokens", 0),
+        },
+        "calls": sum(r.calls for r in records) + sum(f.calls for f in failures),
+        "rejected_answers": sum(len(r.rejected) for r in records),
+        "provider": providers[0] if len(providers) == 1 else providers,
+        "model": models[0] if len(models) == 1 else models,
+        "offline_items": sum(1 for r in records if r.offline),
+        "format": [p.format for p in plans],
+        "files": {p.format: [f.path for f in p.files] for p in plans},
+        "skipped": {p.format: p.skipped for p in plans if p.skipped},
+        "val_ratio": opts.val_ratio,
+        "include_system": opts.include_system,
+    }
