@@ -61,7 +61,7 @@ class WatchSettings(_Model):
 
 
 class SchedulerSettings(_Model):
-    max_concurrency: int = Field(8, ge=1, description="Jobs running at once, all engines together.")
+    max_concurrency: int = Field(24, ge=1, description="Jobs running at once, all engines together.")
     engine_concurrency: dict[str, int] = Field(
         default_factory=lambda: {"annotate": 2, "dataset": 16, "video-gen": 8, "cluster": 1},
         description="Per-engine cap on running jobs.",

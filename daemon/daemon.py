@@ -7,6 +7,7 @@ Signal handlers only set the stop event; the scheduler then lets running jobs fi
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 from typing import Any
@@ -59,6 +60,9 @@ class Daemon:
         else:
             log.info("default provider: %s", default)
         hub = ProviderPool(cfg.providers, state_dir=cfg.paths.state)
+        if default == "dashscope":
+            # the SDK takes about a second to import: not on the event loop at the first job
+            await asyncio.to_thread(importlib.import_module, "dashscope")
         try:
             async with Store.open(cfg.paths.database) as store:
                 await store.register_daemon(self.owner, __version__)

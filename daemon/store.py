@@ -13,6 +13,7 @@ import builtins
 import json
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -202,7 +203,7 @@ class Store:
         try:
             db.row_factory = aiosqlite.Row
             await db.execute("PRAGMA busy_timeout = 10000")
-            await db.execute("PRAGMA journal_mode = WAL")
+            await _enable_wal(db)
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
             store = cls(db, path)
@@ -881,6 +882,23 @@ class Store:
             (time.time() - stale_after,),
         )
         return [dict(r) for r in await cur.fetchall()]
+
+
+async def _enable_wal(db: aiosqlite.Connection) -> None:
+    """Switch to WAL. Switching needs a moment of exclusive access, which busy_timeout does not
+    wait for, so a second process opening a fresh database while the first migrates it retries."""
+    for attempt in range(50):
+        cur = await db.execute("PRAGMA journal_mode")
+        row = await cur.fetchone()
+        if row and str(row[0]).lower() == "wal":
+            return
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            await asyncio.sleep(0.1)
 
 
 def _statements(ddl: str) -> builtins.list[str]:
