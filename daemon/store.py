@@ -226,7 +226,18 @@ class Store:
         """
         async with self._write_lock:
             try:
-                await self.db.execute("BEGIN IMMEDIATE")
+                for attempt in range(200):
+                    try:
+                        await self.db.execute("BEGIN IMMEDIATE")
+                        break
+                    except sqlite3.OperationalError as exc:
+                        # Another task's read on this shared connection is between its execute and
+                        # its fetch: its open statement pins an older snapshot, and when another
+                        # process (TUI, CLI) committed since, BEGIN fails at once without waiting
+                        # (SQLITE_BUSY_SNAPSHOT). That read finishes in the next hop: try again.
+                        if getattr(exc, "sqlite_errorname", "") != "SQLITE_BUSY_SNAPSHOT" or attempt == 199:
+                            raise
+                        await asyncio.sleep(0.005)
                 yield self.db
             except BaseException:
                 # A cancelled await does not cancel the statement: aiosqlite's thread still runs

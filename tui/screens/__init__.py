@@ -1,0 +1,1 @@
+"""The TUI's screens: queue, job detail, folders, and the modal dialogs."""
