@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: install run up daemon test check format lint typecheck bench clean
+.PHONY: install run daemon test check format lint typecheck bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,14 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# the main command: daemon + terminal UI (without a terminal, `up` runs the daemon headless)
 run: $(STAMP)
 	@test -f config.yaml || $(VENV)/bin/dropflow init .
-	$(VENV)/bin/dropflow daemon
+	$(VENV)/bin/dropflow up
 
-daemon: run
+daemon: $(STAMP)
+	@test -f config.yaml || $(VENV)/bin/dropflow init .
+	$(VENV)/bin/dropflow daemon
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
