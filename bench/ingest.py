@@ -169,7 +169,9 @@ def main() -> None:
         p50 = statistics.median(delays_ms)
         p99 = delays_ms[min(len(delays_ms) - 1, int(0.99 * len(delays_ms)))]
         print(f"files: {n}, settle window {SETTLE}s")
-        print(f"daemon: {jobs_per_s:,.0f} jobs/s after the settle window; delay p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+        print(
+            f"daemon: {jobs_per_s:,.0f} jobs/s after the settle window; delay p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+        )
         print(f"raw limit (stat + sha256 + one batched insert): {raw_per_s:,.0f} files/s")
         result = {
             "files": n,

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
-from dropflow.engine.errors import JobCancelled
 from pydantic import BaseModel, ConfigDict
+
+from dropflow.engine.errors import JobCancelled
 
 if TYPE_CHECKING:
     from dropflow.daemon.store import Job

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+
 from dropflow.engine.fakes import FakeAnthropic, FakeDashScope, FakeOpenAI, Fault
 from dropflow.engine.fakes.server import Prompt, default_answer
 

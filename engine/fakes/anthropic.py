@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from aiohttp import web
+
 from dropflow.engine.fakes.server import BODY, REQUEST_ID, FakeServer, Prompt
 
 _TYPES = {

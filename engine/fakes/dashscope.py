@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from aiohttp import web
+
 from dropflow.engine.fakes.server import BODY, RECORD, REQUEST_ID, FakeServer, Prompt, new_id
 
 API = "/api/v1"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+
 from dropflow.engine.errors import AuthError, PermanentError, ProviderError, RetryableError
 from dropflow.engine.providers.base import ImagePart, RateLimiter
 

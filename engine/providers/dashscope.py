@@ -23,6 +23,7 @@ from dashscope.aigc.video_synthesis import AioVideoSynthesis
 from dashscope.api_entities.aio_session import close_shared_aio_session
 from dashscope.common.error import UploadFileException
 from dashscope.utils.oss_utils import OssUtils
+
 from dropflow.daemon.config import ProviderSettings
 from dropflow.engine.errors import AuthError, InputError, PermanentError, RetryableError
 from dropflow.engine.providers.base import (
