@@ -84,4 +84,66 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        2,
+        "persons",
+        """
+        -- cluster engine: the persons of each batch (outputs/cluster/<batch>/<folder>/)
+        CREATE TABLE cluster_persons (
+            id          INTEGER PRIMARY KEY,
+            batch       TEXT    NOT NULL,
+            seq         INTEGER NOT NULL,           -- person_<seq>: the folder name until renamed
+            name        TEXT,                       -- the folder name given by the user
+            mean        BLOB    NOT NULL,           -- float32 mean of the member embeddings
+            faces       INTEGER NOT NULL DEFAULT 0, -- embeddings averaged into mean
+            merged_into INTEGER REFERENCES cluster_persons(id),
+            created_at  REAL    NOT NULL,
+            updated_at  REAL    NOT NULL
+        );
+        CREATE UNIQUE INDEX cluster_persons_seq ON cluster_persons(batch, seq);
+
+        -- one row per run (job) of a batch; phase 'distribute' = its plan below is committed
+        CREATE TABLE cluster_runs (
+            job_id      INTEGER PRIMARY KEY,
+            batch       TEXT NOT NULL,
+            phase       TEXT NOT NULL CHECK (phase IN ('distribute', 'done')),
+            source      TEXT NOT NULL,              -- the folder the photos are taken from
+            summary     TEXT NOT NULL DEFAULT '{}', -- JSON counts
+            created_at  REAL NOT NULL,
+            finished_at REAL
+        );
+        CREATE INDEX cluster_runs_batch ON cluster_runs(batch);
+
+        -- every photo of a run and where it goes: the distribution journal, written before any
+        -- file moves, replayed until every source is gone and every destination exists
+        CREATE TABLE cluster_photos (
+            id     INTEGER PRIMARY KEY,
+            job_id INTEGER NOT NULL,
+            batch  TEXT    NOT NULL,
+            photo  TEXT    NOT NULL,                -- path relative to the dropped unit
+            source TEXT    NOT NULL,                -- absolute path it is taken from
+            status TEXT    NOT NULL CHECK (status IN ('person', 'unsorted', 'no_faces', 'unreadable', 'missing')),
+            dests  TEXT    NOT NULL DEFAULT '[]',   -- JSON: paths relative to the batch folder
+            width  INTEGER,
+            height INTEGER,
+            error  TEXT,
+            UNIQUE (job_id, photo)
+        );
+        CREATE INDEX cluster_photos_batch ON cluster_photos(batch);
+
+        -- every face found; file = the photo's copy in its person's folder
+        CREATE TABLE cluster_faces (
+            id        INTEGER PRIMARY KEY,
+            photo_id  INTEGER NOT NULL REFERENCES cluster_photos(id),
+            idx       INTEGER NOT NULL,
+            box       TEXT    NOT NULL,             -- JSON [x1, y1, x2, y2], upright pixels
+            score     REAL    NOT NULL,
+            person_id INTEGER REFERENCES cluster_persons(id),
+            file      TEXT,
+            thumb     BLOB                          -- JPEG crop; kept for a person's best faces only
+        );
+        CREATE INDEX cluster_faces_photo ON cluster_faces(photo_id);
+        CREATE INDEX cluster_faces_person ON cluster_faces(person_id);
+        """,
+    ),
 ]
