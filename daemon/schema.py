@@ -146,4 +146,14 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX cluster_faces_person ON cluster_faces(person_id);
         """,
     ),
+    (
+        3,
+        "indexes for the queue views",
+        """
+        -- the TUI's and `dropflow jobs --status` windows, tokens today, sort by priority
+        CREATE INDEX jobs_status_id ON jobs(status, id);
+        CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+        CREATE INDEX jobs_priority ON jobs(priority DESC, id);
+        """,
+    ),
 ]
