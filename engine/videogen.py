@@ -35,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from dropflow.daemon.store import ACTIVE, Job
 from dropflow.engine import files
@@ -52,9 +52,9 @@ from dropflow.engine.errors import (
 from dropflow.engine.providers.base import VideoGenProvider, VideoGenRequest, VideoTask
 from dropflow.engine.videogen_job import (
     ALL_SUFFIXES,
+    Resolution,
+    Size,
     VideoSpec,
-    normalize_resolution,
-    normalize_size,
     read_spec,
     unit_inputs,
 )
@@ -71,10 +71,8 @@ class VideoGenParams(Params):
 
     model: str = Field("wan2.2-t2v-plus", description="Text-to-video model.")
     i2v_model: str = Field("wan2.2-i2v-plus", description="Image-to-video model.")
-    size: str | None = Field(
-        None, description="Text-to-video size WIDTH*HEIGHT; the model's default if empty."
-    )
-    resolution: str | None = Field(None, description="Image-to-video resolution (480P/720P/1080P).")
+    size: Size = Field(None, description="Text-to-video size WIDTH*HEIGHT; the model's default if empty.")
+    resolution: Resolution = Field(None, description="Image-to-video resolution (480P/720P/1080P).")
     duration: int | None = Field(
         None, ge=1, le=60, description="Seconds of video; the model's default if empty."
     )
@@ -103,16 +101,6 @@ class VideoGenParams(Params):
     )
     submissions_per_second: float = Field(2.0, gt=0, description="Task submissions per second, per model.")
     max_concurrent_tasks: int = Field(2, ge=1, description="Remote tasks in flight at once, per model.")
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, value: str | None) -> str | None:
-        return normalize_size(value)
-
-    @field_validator("resolution")
-    @classmethod
-    def _resolution(cls, value: str | None) -> str | None:
-        return normalize_resolution(value)
 
     @model_validator(mode="after")
     def _intervals(self) -> VideoGenParams:

@@ -18,10 +18,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from dropflow.daemon.config import validation_error
 from dropflow.daemon.intake import error_sidecar
@@ -59,6 +59,11 @@ def normalize_resolution(value: str | None) -> str | None:
     return f"{m.group(1)}P"
 
 
+# size / resolution as DashScope spells them, however the user wrote them
+Size = Annotated[str | None, AfterValidator(normalize_size)]
+Resolution = Annotated[str | None, AfterValidator(normalize_resolution)]
+
+
 class JobFile(BaseModel):
     """A ``.yaml`` job file dropped into inbox/video-gen/. Every key is optional but the prompt
     (or an image); unknown keys are an error, reported with the file and line."""
@@ -71,21 +76,11 @@ class JobFile(BaseModel):
         None, description="First frame: a path (relative to the job file) or an http(s)/oss URL."
     )
     model: str | None = Field(None, description="A wan model; the route's t2v / i2v model when empty.")
-    size: str | None = Field(None, description="Text-to-video size, WIDTH*HEIGHT, e.g. 1280*720.")
-    resolution: str | None = Field(None, description="Image-to-video resolution: 480P, 720P, 1080P.")
+    size: Size = Field(None, description="Text-to-video size, WIDTH*HEIGHT, e.g. 1280*720.")
+    resolution: Resolution = Field(None, description="Image-to-video resolution: 480P, 720P, 1080P.")
     duration: int | None = Field(None, ge=1, le=60, description="Seconds of video.")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Fixed seed for repeatable output.")
     prompt_extend: bool | None = Field(None, description="Let the provider rewrite the prompt.")
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, value: str | None) -> str | None:
-        return normalize_size(value)
-
-    @field_validator("resolution")
-    @classmethod
-    def _resolution(cls, value: str | None) -> str | None:
-        return normalize_resolution(value)
 
 
 @dataclass(frozen=True)

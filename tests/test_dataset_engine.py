@@ -10,11 +10,9 @@ import io
 import itertools
 import json
 import os
-import sqlite3
 import threading
 import zipfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +21,12 @@ import pytest
 from dropflow.daemon import config as config_mod
 from dropflow.daemon.cli import main as cli_main
 from dropflow.daemon.config import Config
-from dropflow.daemon.daemon import Daemon
-from dropflow.daemon.logs import Redactor
-from dropflow.daemon.store import Job, Store
+from dropflow.daemon.store import Job
 from dropflow.engine.dataset import DEFAULT_MODELS, ZIP_SOURCE
 from dropflow.engine.dataset_formats import check_sharegpt
 from dropflow.engine.fakes import FakeAnthropic, FakeDashScope, FakeOpenAI, Fault, Prompt
 from dropflow.engine.fakes.server import FakeServer
-from tests.conftest import REPO, RunningDaemon, wait_for
+from tests.conftest import REPO, RunningDaemon, running_daemon, wait_for
 
 KEY = "sk-dataset-test-7c1d2e3f4a5b6c7d8e9f"
 
@@ -72,32 +68,6 @@ def project(
 def provider_block(name: str, srv: FakeServer, **extra: Any) -> str:
     settings = {"api_key": KEY, "base_url": srv.base_url, "timeout_seconds": 10, **extra}
     return f"  {name}: {json.dumps(settings)}"
-
-
-def _registered(db: Path) -> bool:
-    try:
-        with sqlite3.connect(db, timeout=0.1) as conn:
-            return conn.execute("SELECT 1 FROM daemons LIMIT 1").fetchone() is not None
-    except sqlite3.OperationalError:  # not created or still migrating
-        return False
-
-
-@asynccontextmanager
-async def running(cfg: Config) -> AsyncIterator[RunningDaemon]:
-    d = Daemon(cfg, Redactor(cfg.secrets()))
-    task = asyncio.create_task(d.run(install_signals=False))
-    # a second connection that switches a fresh database to WAL while the daemon migrates it gets
-    # "database is locked" (busy_timeout does not cover that pragma): let the daemon go first
-    await wait_for(lambda: asyncio.to_thread(_registered, cfg.paths.database))
-    async with Store.open(cfg.paths.database) as store:
-        rd = RunningDaemon(cfg, d, task, store)
-        try:
-            yield rd
-        finally:
-            if not task.done():
-                await rd.stop()
-            else:
-                task.result()
 
 
 def image_bytes(seed: int, size: tuple[int, int] = (48, 36), fmt: str = "JPEG", mode: str = "RGB") -> bytes:
@@ -181,7 +151,7 @@ def openai_project(
 
 async def test_dropped_images_become_a_dataset_exactly_once(tmp_path: Path) -> None:
     cfg = project(tmp_path / "proj", params={"val_ratio": 0.0})
-    async with running(cfg) as d:
+    async with running_daemon(cfg) as d:
         srcs = [drop(cfg, f"cats/c{i}.jpg", image_bytes(i)) for i in range(3)]
         jobs = await settled(d, 3)
         assert {j.status for j in jobs} == {"succeeded"}
@@ -226,7 +196,7 @@ async def _gone(p: Path) -> bool:
 
 async def test_a_job_succeeds_only_once_its_record_is_in_the_files(tmp_path: Path) -> None:
     cfg = project(tmp_path / "proj")
-    async with running(cfg) as d:
+    async with running_daemon(cfg) as d:
         for i in range(6):
             drop(cfg, f"dogs/d{i}.jpg", image_bytes(100 + i))
         jobs = await settled(d, 6)
@@ -245,7 +215,7 @@ async def test_zip_is_unpacked_safely_and_its_images_become_items(tmp_path: Path
         zf.writestr("sub/b.png", image_bytes(2, fmt="PNG"))
         zf.writestr("notes.txt", b"not an image")
         zf.writestr("__MACOSX/._a.jpg", b"resource fork")
-    async with running(cfg) as d:
+    async with running_daemon(cfg) as d:
         drop(cfg, "birds/c0.jpg", image_bytes(1))  # the same content as a.jpg: one item only
         await settled(d, 1)
         z = drop(cfg, "birds/batch.zip", buf.getvalue())
@@ -269,7 +239,7 @@ async def test_zip_dropped_at_the_top_level_becomes_a_dataset_named_after_it(tmp
     with zipfile.ZipFile(buf, "w") as zf:
         for i in range(3):
             zf.writestr(f"img{i}.jpg", image_bytes(40 + i))
-    async with running(cfg) as d:
+    async with running_daemon(cfg) as d:
         drop(cfg, "holiday.zip", buf.getvalue())
         await settled(d, 4)
         await train_rows(cfg, "holiday", 3)
@@ -281,7 +251,7 @@ async def test_unsafe_zip_fails_naming_the_file_and_queues_nothing(tmp_path: Pat
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("ok.jpg", image_bytes(1))
         zf.writestr("../../escape.jpg", image_bytes(2))
-    async with running(cfg) as d:
+    async with running_daemon(cfg) as d:
         z = drop(cfg, "evil/evil.zip", buf.getvalue())
         [job] = await settled(d, 1)
     assert job.status == "failed" and job.error_kind == "input"
@@ -292,7 +262,7 @@ async def test_unsafe_zip_fails_naming_the_file_and_queues_nothing(tmp_path: Pat
 
 async def test_unreadable_image_fails_alone_and_big_images_are_shrunk(tmp_path: Path) -> None:
     cfg = project(tmp_path / "proj", params={"max_image_side": 512})
-    async with running(cfg) as d:
+    async with running_daemon(cfg) as d:
         bad = drop(cfg, "mixed/broken.jpg", image_bytes(1)[:40])
         drop(cfg, "mixed/wide.png", image_bytes(2, size=(1600, 400), fmt="PNG", mode="RGBA"))
         drop(cfg, "mixed/fine.jpg", image_bytes(3))
@@ -336,7 +306,7 @@ async def test_each_provider_through_its_real_client(tmp_path: Path, provider: s
         script = Script(f"A green square seen by {provider}.")
         srv.responder = script
         cfg = project(tmp_path / "proj", default=provider, providers=provider_block(provider, srv))
-        async with running(cfg) as d:
+        async with running_daemon(cfg) as d:
             drop(cfg, "sq/x.jpg", image_bytes(5))
             [job] = await settled(d, 1)
             [row] = await train_rows(cfg, "sq", 1)
@@ -358,7 +328,7 @@ async def test_refusal_is_retried_and_every_call_is_counted(tmp_path: Path, open
     script = Script("I'm sorry, but I can't see the image.", "", "A red square on white.")
     openai_fake.responder = script
     cfg = openai_project(tmp_path, openai_fake)
-    async with running(cfg) as d:
+    async with running_daemon(cfg) as d:
         drop(cfg, "r/x.jpg", image_bytes(7))
         [job] = await settled(d, 1)
         await train_rows(cfg, "r", 1)
@@ -379,7 +349,7 @@ async def test_persistent_refusal_fails_with_the_reason_and_the_spend_is_kept(
 ) -> None:
     openai_fake.responder = Script("I cannot see the image you attached.")
     cfg = openai_project(tmp_path, openai_fake, params={"answer_retries": 1})
-    async with running(cfg) as d:
+    async with running_daemon(cfg) as d:
         drop(cfg, "no/x.jpg", image_bytes(8))
         drop(cfg, "no/y.jpg", image_bytes(9))
         jobs = await settled(d, 2)
@@ -411,7 +381,7 @@ async def test_json_mode_asks_for_json_and_retries_invalid_json(
     cfg = openai_project(
         tmp_path, openai_fake, params={"json_mode": True, "formats": ["llamafactory", "imagefolder"]}
     )
-    async with running(cfg) as d:
+    async with running_daemon(cfg) as d:
         drop(cfg, "j/x.jpg", image_bytes(11))
         [job] = await settled(d, 1)
         [row] = await train_rows(cfg, "j", 1)
@@ -431,7 +401,7 @@ async def test_json_mode_asks_for_json_and_retries_invalid_json(
 async def test_literal_image_token_can_be_rejected(tmp_path: Path, openai_fake: FakeOpenAI) -> None:
     openai_fake.responder = Script("Here is an <image> of a dog.")
     cfg = openai_project(tmp_path, openai_fake, params={"image_token": "reject", "answer_retries": 0})
-    async with running(cfg) as d:
+    async with running_daemon(cfg) as d:
         drop(cfg, "t/x.jpg", image_bytes(12))
         [job] = await settled(d, 1)
     assert job.status == "failed" and "<image>" in (job.error_message or "")
@@ -440,7 +410,7 @@ async def test_literal_image_token_can_be_rejected(tmp_path: Path, openai_fake: 
 async def test_rate_limited_calls_back_off_and_succeed(tmp_path: Path, openai_fake: FakeOpenAI) -> None:
     openai_fake.inject(Fault.error(429, retry_after=0.05), times=2)
     cfg = openai_project(tmp_path, openai_fake)
-    async with running(cfg) as d:
+    async with running_daemon(cfg) as d:
         drop(cfg, "rl/x.jpg", image_bytes(13))
         [job] = await settled(d, 1)
         await train_rows(cfg, "rl", 1)
@@ -454,7 +424,7 @@ async def test_rate_limited_calls_back_off_and_succeed(tmp_path: Path, openai_fa
 async def test_provider_concurrency_cap_holds_across_jobs(tmp_path: Path) -> None:
     with FakeOpenAI(api_key=KEY, latency=0.15) as srv:
         cfg = openai_project(tmp_path, srv, concurrency=2)
-        async with running(cfg) as d:
+        async with running_daemon(cfg) as d:
             for i in range(8):
                 drop(cfg, f"c/{i}.jpg", image_bytes(200 + i))
             jobs = await settled(d, 8)
@@ -481,7 +451,7 @@ async def test_folder_settings_choose_provider_prompts_and_formats(
         "  model: my-vlm\n  system_prompt_file: terse.txt\n  user_prompt: What colour is it?\n"
         "  temperature: 0.7\n  max_tokens: 99\n  formats: [llava, openai]\n  system_in_records: false\n"
     )
-    async with running(cfg) as d:
+    async with running_daemon(cfg) as d:
         drop(cfg, "tuned/x.jpg", image_bytes(14))
         drop(cfg, "plain/y.jpg", image_bytes(15))  # another dataset: offline, defaults
         await settled(d, 2)
@@ -508,7 +478,7 @@ async def test_export_renders_another_format_without_calling_the_model(
     tmp_path: Path, openai_fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = openai_project(tmp_path, openai_fake)
-    async with running(cfg) as d:
+    async with running_daemon(cfg) as d:
         for i in range(3):
             drop(cfg, f"ex/{i}.jpg", image_bytes(300 + i))
         await settled(d, 3)
@@ -561,7 +531,7 @@ async def test_forced_submit_describes_again_and_replaces_the_record(
     for i in range(2):
         (folder / f"{i}.jpg").write_bytes(image_bytes(400 + i))
     argv = ["--config", str(cfg.source), "submit", str(folder), "--engine", "dataset"]
-    async with running(cfg) as d:
+    async with running_daemon(cfg) as d:
         assert await asyncio.to_thread(cli_main, argv) == 0
         await settled(d, 2)
         await train_rows(cfg, "fresh", 2)
