@@ -351,6 +351,7 @@ class Store:
                 existing.update({(r[1], r[2], r[3]): int(r[0]) for r in await cur.fetchall()})
             out: builtins.list[InsertResult] = []
             events = []
+            status_data = {st: json.dumps({"status": st}) for st in STATUSES}
             forced_iter = iter(forced_ids)
             for j in jobs:
                 if j.forced:
@@ -370,7 +371,7 @@ class Store:
                             now,
                             "state",
                             f"{j.status}: {j.input_path}",
-                            json.dumps({"status": j.status}),
+                            status_data[j.status],
                         )
                     )
             await db.executemany(
