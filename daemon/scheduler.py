@@ -85,7 +85,6 @@ class Scheduler:
         self.services = services or {}
         self.running: dict[int, _Running] = {}
         self.wake = asyncio.Event()
-        self._data_version = -1
         self.on_finished: Callable[[Job, str], None] | None = None
 
     # --- main loop --------------------------------------------------------------------------------
@@ -285,22 +284,19 @@ class Scheduler:
     # --- controls, heartbeat, shutdown --------------------------------------------------------------
 
     async def _apply_controls(self) -> None:
-        """Act on cancel/pause requests for our running jobs (seen through PRAGMA data_version)."""
+        """Act on cancel/pause requests for our running jobs (one indexed query per tick)."""
         if not self.running:
             return
-        version = await self.store.data_version()
         now = time.monotonic()
-        if version != self._data_version:
-            self._data_version = version
-            controls = await self.store.controls(self.owner)
-            for job_id, control in controls.items():
-                r = self.running.get(job_id)
-                if r is None or control is None or r.user_stop is not None:
-                    continue
-                r.user_stop = control
-                r.ctx.cancel_reason = control
-                r.control_seen_at = now
-                log.info("job %d: %s requested", job_id, control)
+        controls = await self.store.controls(self.owner)
+        for job_id, control in controls.items():
+            r = self.running.get(job_id)
+            if r is None or control is None or r.user_stop is not None:
+                continue
+            r.user_stop = control
+            r.ctx.cancel_reason = control
+            r.control_seen_at = now
+            log.info("job %d: %s requested", job_id, control)
         for r in list(self.running.values()):
             # an engine that does not check ctx.cancelled (or is deep in a blocking step) is cancelled
             if r.control_seen_at is not None and now - r.control_seen_at > CANCEL_GRACE and not r.task.done():

@@ -130,7 +130,7 @@ async def test_cancel_running_job(daemon: RunningDaemon) -> None:
 
 async def test_pause_and_resume_running_job(daemon: RunningDaemon) -> None:
     cfg = daemon.cfg
-    (cfg.paths.inbox / "record" / "dropflow.yaml").write_text("params: {seconds: 1.5}\n")
+    (cfg.paths.inbox / "record" / "dropflow.yaml").write_text("params: {seconds: 3}\n")
     drop(cfg.paths.inbox, "p.txt", b"p")
     [job] = await daemon.wait_status(1, ("running",))
     assert await daemon.store.pause(job.id) == "requested"
