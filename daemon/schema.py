@@ -17,7 +17,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             engine           TEXT    NOT NULL,
             route            TEXT    NOT NULL,
             batch            TEXT    NOT NULL DEFAULT '',   -- dataset / cluster batch the job belongs to
-            source           TEXT    NOT NULL DEFAULT 'inbox',  -- inbox | submit
+            source           TEXT    NOT NULL DEFAULT 'inbox',  -- inbox | submit | zip (an item of a dropped ZIP)
             input_path       TEXT    NOT NULL,
             input_paths      TEXT    NOT NULL DEFAULT '[]', -- JSON: every file of the unit (primary first)
             content_hash     TEXT    NOT NULL,
