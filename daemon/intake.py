@@ -48,7 +48,7 @@ class Intake:
         todo = [p for plan in plans for p in [plan.path, *plan.inputs[1:]] if p not in known]
         hashes: dict[Path, str | OSError] = dict(known)
         hashes.update(await asyncio.to_thread(_hash_all, todo))
-        new_jobs, kept = [], []
+        new_jobs = []
         for plan in plans:
             digest = hashes.get(plan.path)
             if digest is None:  # vanished or unreadable between settle and hash
@@ -79,7 +79,6 @@ class Intake:
                     error=error_payload(error) if error else None,
                 )
             )
-            kept.append(plan)
         results = await self.store.insert_jobs(new_jobs)
         created = []
         for nj, res in zip(new_jobs, results, strict=True):
