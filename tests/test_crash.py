@@ -23,19 +23,22 @@ async def _statuses(db: Path) -> Counter[str]:
 async def test_sigkill_mid_run_then_restart_completes_every_job_once(tmp_path: Path) -> None:
     path = write_config(tmp_path / "p")
     cfg = cfgmod.load(path)
-    (cfg.paths.inbox / "record" / "dropflow.yaml").write_text("params: {seconds: 0.6}\n")
+    # 12 jobs, 4 at a time, 2 s each: three waves. The kill is sent during the second wave
+    # (some done, some running, some still queued), so even on a slow machine it lands while
+    # the third wave has not finished.
+    (cfg.paths.inbox / "record" / "dropflow.yaml").write_text("params: {seconds: 2.0}\n")
     for i in range(N):
         (cfg.paths.inbox / "record" / f"f{i:02}.txt").write_text(f"payload {i}")
 
     with DaemonProcess(path) as first:
 
-        async def some_running_some_done() -> bool:
+        async def mid_run() -> bool:
             if not cfg.paths.database.exists():
                 return False
             c = await _statuses(cfg.paths.database)
-            return c["succeeded"] >= 2 and c["running"] >= 1
+            return c["succeeded"] >= 2 and c["running"] >= 1 and c["queued"] >= 1
 
-        await wait_for(some_running_some_done, timeout=60)
+        await wait_for(mid_run, timeout=60)
         first.kill()
 
     async with Store.open(cfg.paths.database) as store:
