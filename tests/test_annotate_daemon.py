@@ -209,7 +209,8 @@ async def test_sigkill_mid_video_then_restart_never_pays_twice(
     tmp_path: Path, clips: dict[str, Path]
 ) -> None:
     """Killed while a 4-segment video is half answered: the restarted daemon sends only the rest."""
-    with FakeDashScope(api_key=KEY, latency=0.3) as srv:
+    # one answer per second: the kill, sent once two answers are kept, lands before the fourth
+    with FakeDashScope(api_key=KEY, latency=1.0) as srv:
         config = write_project(tmp_path / "p", url=srv.base_url)
         cfg = config_mod.load(config)
         inbox = cfg.paths.inbox / "annotate"
