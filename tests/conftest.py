@@ -165,6 +165,8 @@ class DaemonProcess:
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout)
         self._fh.close()
+        if code != 0:  # shown with the failing test's output
+            print(f"daemon exited with {code}; its output:\n{self.log.read_text(errors='replace')[-4000:]}")
         return code
 
     def __enter__(self) -> DaemonProcess:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -316,6 +317,36 @@ async def test_dashscope_video_errors_are_mapped(ds: FakeDashScope, ds_video: Da
         await ds_video.submit(VideoGenRequest(model="wan2.1-t2v-turbo", prompt="a", size="1*1"))
     assert bad.value.code == "InvalidParameter" and "size is not supported" in bad.value.message
     assert ds.tasks == {}  # nothing was created by the failed submissions
+
+
+async def test_dashscope_create_call_is_never_resent_behind_our_back(
+    ds: FakeDashScope, ds_video: DashScopeVideoGen
+) -> None:
+    # a vision request dropped once is silently resent by the SDK; a create call is not: its
+    # outcome is unknown, and the error says so (the video-gen engine then refuses to resubmit)
+    ds.inject(Fault.drop(endpoint="video_synthesis"))
+    with pytest.raises(RetryableError) as lost:
+        await ds_video.submit(VideoGenRequest(model="wan2.1-t2v-turbo", prompt="a"))
+    assert lost.value.code == "CreateOutcomeUnknown" and ds.count("video_synthesis") == 1
+    # each create uses a connection of its own: no stale pooled connection to drop the next one
+    await ds_video.submit(VideoGenRequest(model="wan2.1-t2v-turbo", prompt="b"))
+    await ds_video.submit(VideoGenRequest(model="wan2.1-t2v-turbo", prompt="c"))
+    creates = ds.requests("video_synthesis")
+    assert all(r.headers.get("connection", "").lower() == "close" for r in creates)
+    assert len(ds.tasks) == 2
+
+
+async def test_dashscope_create_call_that_cannot_connect_is_safe_to_repeat() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/api/v1"
+    provider = DashScopeVideoGen(settings(url))
+    try:
+        with pytest.raises(RetryableError) as refused:
+            await provider.submit(VideoGenRequest(model="wan2.1-t2v-turbo", prompt="a"))
+    finally:
+        await provider.aclose()
+    assert refused.value.code.startswith("ClientConnector")  # the engine resubmits only these
 
 
 # --- OpenAI-compatible ---------------------------------------------------------------------------

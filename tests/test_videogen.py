@@ -520,12 +520,14 @@ async def test_throttled_submission_backs_off_and_is_not_charged_twice(
 async def test_create_call_without_an_answer_is_not_resubmitted_blindly(
     tmp_path: Path, ds: FakeDashScope, clock: Clock
 ) -> None:
-    # the connection dies before any answer (twice: the SDK itself re-sends once after a drop)
-    ds.inject(Fault.drop(endpoint="video_synthesis"), times=2)
+    # the connection dies after the request went out, before any answer; the SDK would silently
+    # send it again after a dropped connection, but not a create call's
+    ds.inject(Fault.drop(endpoint="video_synthesis"))
     async with started(tmp_path / "p", ds) as d:
         drop(d.cfg, "x.txt", "maybe created")
         job = await job_where(d, lambda j: j.status == "failed")
-        assert job.error_kind == "permanent" and ds.count("video_synthesis") == 2
+        assert job.error_kind == "permanent" and ds.count("video_synthesis") == 1
+        assert "CreateOutcomeUnknown" in (job.error_message or "")
         assert "may have been created and may bill" in (job.error_message or "")
         assert f"dropflow retry {job.id}" in (job.error_hint or "")
         assert job.remote_task_id is None and job.checkpoint["phase"] == "submitting"
@@ -534,7 +536,7 @@ async def test_create_call_without_an_answer_is_not_resubmitted_blindly(
         job = await job_where(d, following("PENDING"))
         clock.advance(PENDING + RUNNING + 1)
         await status(d, job.id, "succeeded")
-    assert ds.count("video_synthesis") == 3 and len(ds.tasks) == 1
+    assert ds.count("video_synthesis") == 2 and len(ds.tasks) == 1
 
 
 async def test_stop_during_the_create_call_records_the_task_before_releasing(

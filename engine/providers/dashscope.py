@@ -12,6 +12,7 @@ suspension, so providers with different base URLs in one event loop do not race.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +21,7 @@ import aiohttp
 import dashscope
 import requests
 from dashscope.aigc.video_synthesis import AioVideoSynthesis
-from dashscope.api_entities.aio_session import close_shared_aio_session
+from dashscope.api_entities.aio_session import close_shared_aio_session, get_ssl_context
 from dashscope.common.error import UploadFileException
 from dashscope.utils.oss_utils import OssUtils
 
@@ -205,11 +206,61 @@ def _is_local(ref: str) -> bool:
     return not ref.startswith(("http://", "https://", "oss://", "data:"))
 
 
+class CreateOutcomeUnknown(aiohttp.ClientError):
+    """The connection of a create call broke after it was made: the request may have reached the server.
+
+    Deliberately not an `aiohttp.ClientConnectionError`: the SDK silently sends a request again
+    after one of those (`send_with_retry_async`), which for a create call could start a second,
+    billed task.
+    """
+
+
+async def _no_silent_resend(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectorError:
+        raise  # never connected: nothing was sent, a resend is harmless
+    except aiohttp.ClientConnectionError as exc:
+        raise CreateOutcomeUnknown(f"connection lost during the create call ({type(exc).__name__})") from exc
+
+
 class DashScopeVideoGen(_DashScopeClient):
-    """wan text-to-video / image-to-video through `AioVideoSynthesis` (create, fetch, cancel)."""
+    """wan text-to-video / image-to-video through `AioVideoSynthesis` (create, fetch, cancel).
+
+    Create calls go through a session of their own: a fresh connection each time (a stale pooled
+    one is the usual reason for a dropped request) and no silent resend once connected, so a
+    broken call surfaces as "outcome unknown" and is never repeated behind the caller's back.
+    """
 
     name: ClassVar[str] = PROVIDER
     offline: ClassVar[bool] = False
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        """Raises AuthError when no key is configured."""
+        super().__init__(settings)
+        self._create_session: aiohttp.ClientSession | None = None
+        self._create_loop: asyncio.AbstractEventLoop | None = None
+
+    def _session_for_create(self) -> aiohttp.ClientSession:
+        session = self._create_session
+        loop = asyncio.get_running_loop()
+        if session is None or session.closed or self._create_loop is not loop:  # sessions are loop-bound
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=get_ssl_context(), force_close=True),
+                trust_env=True,  # HTTPS_PROXY and friends, as the SDK's own session
+                middlewares=(_no_silent_resend,),
+            )
+            self._create_session, self._create_loop = session, loop
+        return session
+
+    async def aclose(self) -> None:
+        session, self._create_session = self._create_session, None
+        if session is not None and not session.closed:
+            with contextlib.suppress(Exception):  # closing must never raise
+                await session.close()
+        await super().aclose()
 
     def _upload(self, model: str, path: Path) -> str:
         """The SDK's two-step upload (policy, then a form POST to OSS); returns ``oss://key``. Blocking."""
@@ -267,6 +318,7 @@ class DashScopeVideoGen(_DashScopeClient):
             model=request.model,
             prompt=request.prompt,
             request_timeout=self._timeout,
+            session=self._session_for_create(),
             **params,
         )
         self._check(response)
