@@ -9,14 +9,16 @@ remote task ids). Error kinds decide: retryable -> `waiting` with exponential ba
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
+import sqlite3
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dropflow.daemon.config import Config
 from dropflow.daemon.intake import Intake, clear_error_sidecar, write_error_sidecar
@@ -27,6 +29,7 @@ from dropflow.engine.base import Done, JobContext, Providers, Wait
 from dropflow.engine.errors import DropflowError, ErrorKind, JobCancelled, error_payload
 
 log = logging.getLogger("dropflow.scheduler")
+T = TypeVar("T")
 
 PROGRESS_INTERVAL = 0.3  # seconds between progress writes of one job
 CANCEL_GRACE = 5.0  # seconds an engine gets to notice a cancel before its task is cancelled
@@ -86,18 +89,28 @@ class Scheduler:
         self.running: dict[int, _Running] = {}
         self.wake = asyncio.Event()
         self.on_finished: Callable[[Job, str], None] | None = None
+        self.stopping = asyncio.Event()
 
     # --- main loop --------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.stopping = stop
         reclaimed = await self.store.reclaim(owner=self.owner)
         if reclaimed:
             log.info("reclaimed %d job(s) left running by a stopped daemon: %s", len(reclaimed), reclaimed)
         heartbeat = asyncio.create_task(self._heartbeat(), name="dropflow-heartbeat")
         try:
             while not stop.is_set():
-                await self._apply_controls()
-                await self._fill_slots()
+                try:
+                    await self._apply_controls()
+                    await self._fill_slots()
+                except sqlite3.OperationalError as exc:
+                    # locked past busy_timeout by another process, disk full: running jobs go on,
+                    # and claiming resumes once the database answers again
+                    log.warning("job store unavailable (%s); trying again in a second", exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=1.0)
+                    continue
                 self.wake.clear()
                 try:
                     await asyncio.wait_for(self._wait_wake(stop), timeout=self.settings.tick_seconds)
@@ -185,7 +198,9 @@ class Scheduler:
     async def _execute(self, job: Job, ctx: JobContext) -> None:
         engine = self.router.engine(job.engine)
         if ctx.cancel_reason == "cancel" and not (engine.supports_cancel and job.remote_task_id):
-            await self.store.finish_cancelled(job.id, self.owner, "cancelled by user")
+            await self._record(
+                job, lambda: self.store.finish_cancelled(job.id, self.owner, "cancelled by user")
+            )
             return
         log.info("job %d (%s) started: %s", job.id, job.engine, job.input_path)
         try:
@@ -194,42 +209,56 @@ class Scheduler:
             running = self.running.get(job.id)
             stop = running.user_stop if running else None
             if stop == "cancel":
-                await _finish(self.store.finish_cancelled(job.id, self.owner, "cancelled by user"))
+                await _finish(
+                    self._record(
+                        job, lambda: self.store.finish_cancelled(job.id, self.owner, "cancelled by user")
+                    )
+                )
             else:
                 to = "paused" if stop == "pause" else "queued"
-                await _finish(self.store.release(job.id, self.owner, to=to, message=f"released ({to})"))
+                await _finish(
+                    self._record(
+                        job, lambda: self.store.release(job.id, self.owner, to=to, message=f"released ({to})")
+                    )
+                )
             if stop is None:
                 raise
             return
         except JobCancelled as exc:
+            why = exc.message
             if ctx.cancel_reason == "pause":
-                await self.store.release(job.id, self.owner, to="paused", message="paused by user")
+                await self._record(
+                    job, lambda: self.store.release(job.id, self.owner, to="paused", message="paused by user")
+                )
             else:
-                await self.store.finish_cancelled(job.id, self.owner, exc.message)
+                await self._record(job, lambda: self.store.finish_cancelled(job.id, self.owner, why))
             return
         except Exception as exc:
             await self._failed(job, exc)
             return
         if isinstance(result, Wait):
-            await self.store.reschedule(
-                job.id,
-                self.owner,
-                at=time.time() + result.seconds,
-                message=result.message,
-                usage=result.usage,
+            at = time.time() + result.seconds
+            await self._record(
+                job,
+                lambda: self.store.reschedule(
+                    job.id, self.owner, at=at, message=result.message, usage=result.usage
+                ),
             )
             return
         await self._succeeded(job, result)
 
     async def _succeeded(self, job: Job, result: Done) -> None:
         outputs = [str(p) for p in result.outputs]
-        ok = await self.store.succeed(
-            job.id,
-            self.owner,
-            outputs=outputs,
-            usage=result.usage,
-            archived_path=None,
-            message=result.message,
+        ok = await self._record(
+            job,
+            lambda: self.store.succeed(
+                job.id,
+                self.owner,
+                outputs=outputs,
+                usage=result.usage,
+                archived_path=None,
+                message=result.message,
+            ),
         )
         if not ok:
             log.warning("job %d finished but its lease was lost; result kept, state unchanged", job.id)
@@ -274,12 +303,32 @@ class Scheduler:
             )
         else:
             log.error("job %d (%s) failed: %s", job.id, job.engine, payload["message"])
-        await self.store.fail(job.id, self.owner, payload, retry_at=retry_at)
+        await self._record(job, lambda: self.store.fail(job.id, self.owner, payload, retry_at=retry_at))
         if retry_at is None:
             if job.source == "inbox":
                 await asyncio.to_thread(write_error_sidecar, Path(job.input_path), payload)
             if self.on_finished:
                 self.on_finished(job, "failed")
+
+    async def _record(self, job: Job, write: Callable[[], Awaitable[T]]) -> T:
+        """Record a job's outcome, waiting out a job store that refuses (locked by another process
+        past busy_timeout, disk full): the outcome is known and must not be lost to a busy moment.
+        Once the daemon is stopping, a refusal is final: the next start reclaims the job."""
+        delay = 1.0
+        while True:
+            try:
+                return await write()
+            except sqlite3.OperationalError as exc:
+                if self.stopping.is_set():
+                    raise
+                log.warning(
+                    "job %d: cannot record its outcome, job store unavailable (%s); trying again in %.0fs",
+                    job.id,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     # --- controls, heartbeat, shutdown --------------------------------------------------------------
 
@@ -308,9 +357,15 @@ class Scheduler:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.store.renew_leases(self.owner, self.settings.lease_seconds)
+                await self.store.renew_leases(self.owner, self.settings.lease_seconds, self.running)
+                # leases that ran out meanwhile: another daemon's that died, or an orphan of ours
+                reclaimed = await self.store.reclaim(owner=self.owner, keep=self.running)
             except Exception as exc:  # a locked database must not kill the heartbeat
                 log.warning("lease renewal failed: %s", exc)
+                continue
+            if reclaimed:
+                log.warning("reclaimed %d job(s) whose lease ran out: %s", len(reclaimed), reclaimed)
+                self.wake.set()
 
     async def _drain(self) -> None:
         """Shutdown: let running jobs finish for the grace period, then release the rest."""

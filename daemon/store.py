@@ -28,6 +28,7 @@ from dropflow.daemon.schema import MIGRATIONS
 STATUSES = ("queued", "running", "waiting", "paused", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running", "waiting", "paused")
 TERMINAL = ("succeeded", "failed", "cancelled")
+BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another process's write lock
 
 
 @dataclass
@@ -202,7 +203,7 @@ class Store:
             os.umask(old)
         try:
             db.row_factory = aiosqlite.Row
-            await db.execute("PRAGMA busy_timeout = 10000")
+            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await _enable_wal(db)
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
@@ -226,18 +227,7 @@ class Store:
         """
         async with self._write_lock:
             try:
-                for attempt in range(200):
-                    try:
-                        await self.db.execute("BEGIN IMMEDIATE")
-                        break
-                    except sqlite3.OperationalError as exc:
-                        # Another task's read on this shared connection is between its execute and
-                        # its fetch: its open statement pins an older snapshot, and when another
-                        # process (TUI, CLI) committed since, BEGIN fails at once without waiting
-                        # (SQLITE_BUSY_SNAPSHOT). That read finishes in the next hop: try again.
-                        if getattr(exc, "sqlite_errorname", "") != "SQLITE_BUSY_SNAPSHOT" or attempt == 199:
-                            raise
-                        await asyncio.sleep(0.005)
+                await self._begin_immediate()
                 yield self.db
             except BaseException:
                 # A cancelled await does not cancel the statement: aiosqlite's thread still runs
@@ -247,6 +237,28 @@ class Store:
                 raise
             else:
                 await self.db.execute("COMMIT")
+
+    async def _begin_immediate(self) -> None:
+        """BEGIN IMMEDIATE, waiting out the refusals that busy_timeout does not cover.
+
+        Another task's read on this shared connection may be between its execute and its fetch:
+        its open statement holds a read transaction. SQLite then refuses BEGIN at once instead of
+        waiting, because waiting could deadlock: SQLITE_BUSY_SNAPSHOT when another process (TUI,
+        CLI) committed since that read began, SQLITE_BUSY while another process holds the write
+        lock. The read finishes within a hop or two, so try again, for up to busy_timeout in all.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = 0.002
+        while True:
+            try:
+                await self.db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_BUSY_SNAPSHOT")
+                if not busy or time.monotonic() + pause > deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.05)
 
     async def migrate(self) -> builtins.list[int]:
         await self.db.execute(
@@ -506,19 +518,25 @@ class Store:
                 return [_job(r) for r in await cur.fetchall()]
         return []
 
-    async def renew_leases(self, owner: str, lease_seconds: float) -> dict[int, str | None]:
-        """Extend every lease of `owner`; returns {job id: pending control} for its running jobs."""
+    async def renew_leases(self, owner: str, lease_seconds: float, job_ids: Iterable[int]) -> None:
+        """Extend the leases of `owner`'s jobs that are still being worked on, and its heartbeat.
+
+        Only those: a row whose runner died without a word (its last write failed) must let its
+        lease run out, so that `reclaim` puts it back.
+        """
         now = time.time()
+        ids = list(job_ids)
         async with self.transaction() as db:
-            await db.execute(
-                "UPDATE jobs SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'running'",
-                (now + lease_seconds, owner),
-            )
+            if ids:
+                await db.execute(
+                    "UPDATE jobs SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'running'"
+                    f" AND id IN ({','.join('?' * len(ids))})",
+                    (now + lease_seconds, owner, *ids),
+                )
             await db.execute(
                 "UPDATE daemons SET heartbeat_at = ? WHERE owner = ?",
                 (now, owner),
             )
-        return await self.controls(owner)
 
     async def controls(self, owner: str) -> dict[int, str | None]:
         cur = await self.db.execute(
@@ -526,18 +544,26 @@ class Store:
         )
         return {int(r[0]): r[1] for r in await cur.fetchall()}
 
-    async def reclaim(self, *, owner: str) -> builtins.list[int]:
-        """Put back running jobs whose lease expired or whose owner process is gone."""
+    async def reclaim(self, *, owner: str, keep: Iterable[int] = ()) -> builtins.list[int]:
+        """Put back running jobs whose lease expired or whose owner process is gone.
+
+        `keep`: the jobs `owner` (the caller) is working on. Any other running row of its own is
+        an orphan once its lease runs out (its runner's last write failed).
+        """
         now = time.time()
+        kept = set(keep)
         async with self.transaction() as db:
             cur = await db.execute(
-                "SELECT id, lease_owner, lease_expires_at FROM jobs WHERE status = 'running' AND lease_owner != ?",
-                (owner,),
+                "SELECT id, lease_owner, lease_expires_at FROM jobs WHERE status = 'running'"
             )
             stale = [
-                int(r[0])
-                for r in await cur.fetchall()
-                if (r[2] is not None and r[2] < now) or not owner_alive(r[1] or "")
+                int(job_id)
+                for job_id, lease_owner, expires in await cur.fetchall()
+                if job_id not in kept
+                and (
+                    (expires is not None and expires < now)
+                    or (lease_owner != owner and not owner_alive(lease_owner or ""))
+                )
             ]
             for job_id in stale:
                 await db.execute(

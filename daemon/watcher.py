@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -289,7 +290,19 @@ class Watcher:
                     self.known[unit] = sig
                     pre = self.prehashed.pop(unit, None)
                     ready.append((route, unit, sig, pre[1] if pre and pre[0] == sig else None))
-                await self.on_ready(ready)
+                try:
+                    await self.on_ready(ready)
+                except sqlite3.OperationalError as exc:
+                    # the job store is locked or full: the files stay where they are, and the
+                    # next rescan offers them again
+                    for _route, unit, _sig, _pre in ready:
+                        self.known.pop(unit, None)
+                    log.warning(
+                        "could not queue %d new file(s): job store unavailable (%s); "
+                        "trying again at the next rescan",
+                        len(ready),
+                        exc,
+                    )
 
     def _prehash(self, fresh: list[tuple[Path, Signature]]) -> None:
         for unit, sig in fresh:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sqlite3
 from pathlib import Path
+from typing import Any
 
-from dropflow.daemon.store import Job
-from tests.conftest import RunningDaemon, wait_for
+import pytest
+
+from dropflow.daemon.config import Config
+from dropflow.daemon.store import Job, Store
+from tests.conftest import RunningDaemon, running_daemon, wait_for
 from tests.engines import read_runs
 
 
@@ -192,3 +198,37 @@ def test_jobs_json_shape(tmp_path: Path) -> None:
     for key in ("id", "engine", "status", "input", "progress", "outputs", "error"):
         assert key in d
     assert d["error"] is None and d["outputs"] == []
+
+
+async def test_a_locked_job_store_delays_the_daemon_but_does_not_stop_it(
+    project: Config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store refuses (locked past busy_timeout by another process): the new file is offered
+    again at the next rescan, claiming is tried again a second later, the outcome is recorded once
+    the store answers, and the job runs once."""
+    caplog.set_level(logging.WARNING, logger="dropflow")
+    failures = {"insert_jobs": 1, "claim": 2, "succeed": 1}
+
+    def refuse_first(name: str) -> Any:
+        real = getattr(Store, name)
+
+        async def method(self: Store, *args: Any, **kwargs: Any) -> Any:
+            if failures[name]:
+                failures[name] -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return await real(self, *args, **kwargs)
+
+        return method
+
+    for name in failures:
+        monkeypatch.setattr(Store, name, refuse_first(name))
+    async with running_daemon(project) as d:
+        (project.paths.inbox / "record" / "a.txt").write_text("a")
+        [job] = await d.wait_status(1, ("succeeded",), timeout=30)
+        assert not d.task.done(), "the daemon is still running"
+    assert failures == {"insert_jobs": 0, "claim": 0, "succeed": 0}
+    assert job.attempts == 1 and len(read_runs(project.paths.state)) == 2  # one start, one done
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("trying again at the next rescan" in m for m in messages)
+    assert any("cannot record its outcome" in m for m in messages)
+    assert sum("job store unavailable" in m for m in messages) >= 4  # intake, two claims, outcome

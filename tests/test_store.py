@@ -80,6 +80,21 @@ async def test_expired_lease_is_reclaimed_and_fenced(tmp_path: Path) -> None:
         assert not await s.succeed(job.id, "otherhost:1:1", outputs=[], usage={}, archived_path=None)
 
 
+async def test_only_jobs_in_hand_keep_their_lease(tmp_path: Path) -> None:
+    """A running daemon renews the leases of the jobs it works on; a row of its own whose runner
+    died without a word (its last write failed) runs out and is reclaimed while it runs on."""
+    me = "me:2:2"
+    async with Store.open(tmp_path / "s.db") as s:
+        await s.insert_jobs([NewJob("a", "r", f"/{i}", f"h{i}") for i in range(2)])
+        working, orphan = await s.claim(me, slots=2, engine_slots={}, lease_seconds=0.05)
+        await s.renew_leases(me, 30, [working.id])
+        time.sleep(0.1)
+        assert await s.reclaim(owner=me, keep=[working.id]) == [orphan.id]
+        rows = {j.id: j for j in await s.list()}
+        assert rows[working.id].status == "running" and rows[working.id].lease_owner == me
+        assert rows[orphan.id].status == "queued" and rows[orphan.id].lease_owner is None
+
+
 async def test_dead_local_owner_is_reclaimed_at_once(tmp_path: Path) -> None:
     import socket
     import subprocess

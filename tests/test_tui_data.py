@@ -417,3 +417,37 @@ async def test_an_edit_from_another_connection_does_not_break_a_daemon_write_mid
         await reader
         row = await daemon.get(job.id)
         assert row is not None and row.progress == 0.5 and row.control == "cancel"
+
+
+async def test_a_write_lock_held_elsewhere_during_a_daemon_read_is_waited_for(tmp_path: Path) -> None:
+    """Another process holds the write lock while a task of the daemon is mid-read on the shared
+    connection: SQLite refuses the daemon's BEGIN IMMEDIATE at once (waiting could deadlock, so
+    busy_timeout does not apply). The write must wait its turn, not fail (it stopped the daemon)."""
+    import asyncio
+
+    async with Store.open(tmp_path / "s.db") as daemon, Store.open(tmp_path / "s.db") as other:
+        await daemon.insert_jobs([NewJob("record", "record", f"/in/{i}", f"h{i}") for i in range(3)])
+        owner = owner_id()
+        [job, *_] = await daemon.claim(owner, slots=1, engine_slots={}, lease_seconds=30)
+        locked = asyncio.Event()
+
+        async def a_long_write_elsewhere() -> None:
+            async with other.transaction() as db:
+                await db.execute("UPDATE jobs SET priority = 5 WHERE id != ?", (job.id,))
+                locked.set()
+                await asyncio.sleep(0.3)
+
+        async def a_read_in_flight() -> None:
+            cur = await daemon.db.execute("SELECT id FROM jobs")  # stepped to its first row
+            await asyncio.sleep(0.1)
+            await cur.fetchall()
+
+        writer = asyncio.create_task(a_long_write_elsewhere())
+        await locked.wait()
+        reader = asyncio.create_task(a_read_in_flight())
+        await asyncio.sleep(0.01)
+        assert await daemon.set_progress(job.id, owner, 0.5, "half way")
+        await asyncio.gather(writer, reader)
+        row = await daemon.get(job.id)
+        assert row is not None and row.progress == 0.5
+        assert [j.priority for j in await daemon.list() if j.id != job.id] == [5, 5]
