@@ -303,7 +303,10 @@ class Scheduler:
             )
         else:
             log.error("job %d (%s) failed: %s", job.id, job.engine, payload["message"])
-        await self._record(job, lambda: self.store.fail(job.id, self.owner, payload, retry_at=retry_at))
+        usage = exc.usage if isinstance(exc, DropflowError) else None
+        await self._record(
+            job, lambda: self.store.fail(job.id, self.owner, payload, retry_at=retry_at, usage=usage)
+        )
         if retry_at is None:
             if job.source == "inbox":
                 await asyncio.to_thread(write_error_sidecar, Path(job.input_path), payload)

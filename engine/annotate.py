@@ -431,7 +431,13 @@ class AnnotateEngine(FileEngine):
         """Raises InputError (missing/oversized/unreadable video, zero frames, bad photo), ConfigError
         (missing prompt, bad sidecar), provider errors (AuthError on 401, RetryableError on 429/5xx),
         JobCancelled."""
-        return await _Run(job, ctx, AnnotateParams.model_validate(job.params)).run()
+        run = _Run(job, ctx, AnnotateParams.model_validate(job.params))
+        try:
+            return await run.run()
+        except DropflowError as exc:
+            if run.ledger.calls:
+                exc.usage = run.ledger.usage()
+            raise
 
 
 class _Run:

@@ -366,6 +366,8 @@ class DatasetEngine(FileEngine):
                 raise
             except Exception as exc:
                 await self._failed(job, p, folder, coalescer, options, source, exc)
+                if isinstance(exc, DropflowError) and job.checkpoint.get("spent"):
+                    exc.usage = dict(job.checkpoint["spent"])
                 raise
             finally:
                 coalescer.end(wrote=wrote)

@@ -33,6 +33,9 @@ class DropflowError(Exception):
 
     kind: ErrorKind = ErrorKind.PERMANENT
     title: str = "error"
+    # what the job spent before it failed (engine-defined, as in `Done.usage`); the scheduler
+    # records it with the failure, so paid calls of a failed job still show up
+    usage: dict[str, Any] | None = None
 
     def __init__(self, message: str, *, hint: str = "", title: str | None = None) -> None:
         super().__init__(message)

@@ -137,6 +137,29 @@ async def test_429_is_retried_without_paying_twice(
     assert any("429" in e.message or "busy" in e.message for e in events)
 
 
+async def test_a_failed_job_still_shows_what_it_spent(
+    running: RunningDaemon, ds: FakeDashScope, clips: dict[str, Path]
+) -> None:
+    """Segments answered and paid for, then the summary is refused: the failed job's row carries
+    the spend, as a succeeded one would."""
+    inbox = running.cfg.paths.inbox / "annotate"
+    (inbox / "dropflow.yaml").write_text(
+        "params: {mode: two_stage, asr: false, fps: 2, max_frames_per_segment: 4}\n"
+    )
+    ds.inject(
+        Fault.error(
+            400, "DataInspectionFailed", "Output data may contain inappropriate content.", endpoint="text"
+        )
+    )
+    drop(running, clips["short"])
+    [job] = await running.wait_status(1, ("failed",), timeout=60)
+    segments = ds.count("multimodal")
+    assert segments >= 2 and ds.count("text") == 1
+    assert job.error_kind == "permanent" and "DataInspectionFailed" in (job.error_message or "")
+    assert job.usage["requests"] == segments and job.tokens_in > 0 and job.tokens_out > 0
+    assert job.tokens_in == job.usage["input_tokens"]
+
+
 async def test_401_fails_at_once_with_the_fix_beside_the_video(
     tmp_path: Path, ds: FakeDashScope, clips: dict[str, Path]
 ) -> None:

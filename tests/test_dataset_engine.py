@@ -370,6 +370,9 @@ async def test_persistent_refusal_fails_with_the_reason_and_the_spend_is_kept(
     )
     assert summary["calls"] == 4
     assert not rows(ds_dir(cfg, "no") / "train.jsonl")
+    # the job rows show the spend too
+    assert all(j.tokens_in > 0 and j.usage["input_tokens"] == j.tokens_in for j in jobs)
+    assert sum(j.tokens_in for j in jobs) == summary["tokens"]["failed_input"]
 
 
 async def test_json_mode_asks_for_json_and_retries_invalid_json(
