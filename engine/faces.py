@@ -131,7 +131,9 @@ class FaceModel:
         options = session_options(threads)
         try:
             app = FaceAnalysis(
-                name=pack,
+                # insightface takes `name` as a folder first: an installed pack is named by its
+                # absolute path, so a same-named folder in the working directory cannot stand in
+                name=str(folder.resolve()) if any(folder.glob("*.onnx")) else pack,
                 root=str(root),
                 allowed_modules=ALLOWED_MODULES,
                 providers=providers,

@@ -126,6 +126,20 @@ def test_pack_without_a_recogniser_is_missing(tmp_path: Path) -> None:
         FaceModel.load(tmp_path)
 
 
+def test_a_same_named_folder_in_the_working_directory_is_not_loaded_instead(
+    model_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx
+
+    decoy = tmp_path / "buffalo_l"  # insightface would take `name` as this path first
+    decoy.mkdir()
+    onnx.save(st.detector_model(), str(decoy / "det_10g.onnx"))  # no recogniser: would fail to load
+    monkeypatch.chdir(tmp_path)
+    model = FaceModel.load(model_root)
+    assert "recognition" in model.app.models
+    assert Path(model.app.model_dir) == (model_root / "models" / "buffalo_l").resolve()
+
+
 async def test_model_loads_once_per_daemon_off_the_event_loop(
     model_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
