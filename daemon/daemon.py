@@ -10,6 +10,7 @@ import asyncio
 import importlib
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 from dropflow.daemon import __version__
@@ -29,6 +30,13 @@ log = logging.getLogger("dropflow.daemon")
 def load_plugins(cfg: Config) -> None:
     for spec in cfg.engines.plugins:
         registry.load_plugin(spec)
+
+
+def _forget_folder(watcher: Watcher, input_path: str) -> None:
+    """A folder unit's job ended: what is left in the folder (added while it ran) is offered anew."""
+    path = Path(input_path)
+    if path.is_dir():
+        watcher.forget(path)
 
 
 class Daemon:
@@ -74,6 +82,7 @@ class Daemon:
                 scheduler = Scheduler(cfg, store, router, intake, hub, self.owner, self.redact, self.services)
                 intake.on_new = scheduler.wake.set
                 watcher = Watcher(cfg.watch, router, intake.accept)
+                scheduler.on_finished = lambda job, _outcome: _forget_folder(watcher, job.input_path)
                 for path in await store.active_inputs():
                     watcher.remember_path(path)
                 log.info(

@@ -42,6 +42,12 @@ class Intake:
             for p in self.router.plan_many([(route, unit) for route, unit, _sig, _h in ready])
             if p is not None
         ]
+        # A folder whose job is not finished is its engine's to change (cluster moves photos out
+        # of it): what the watcher sees meanwhile is not a new drop. Photos added to it then are
+        # picked up once the job is done (`Watcher.forget`).
+        folders = [str(p.path) for p in plans if p.path.is_dir()]
+        busy = await self.store.active_units(folders) if folders else set()
+        plans = [p for p in plans if str(p.path) not in busy]
         if not plans:
             return []
         known = {unit: digest for _r, unit, _s, digest in ready if digest is not None}

@@ -438,6 +438,17 @@ class Store:
         found = {r[0]: r[1] for r in await cur.fetchall()}
         return {s: int(found.get(s, 0)) for s in STATUSES}
 
+    async def active_units(self, paths: Sequence[str]) -> set[str]:
+        """Those of `paths` that are the unit of an unfinished job (whose engine may be changing it)."""
+        if not paths:
+            return set()
+        cur = await self.db.execute(
+            "SELECT input_path FROM jobs WHERE status IN ('queued','running','waiting','paused')"
+            f" AND input_path IN ({','.join('?' * len(paths))})",
+            list(paths),
+        )
+        return {str(r[0]) for r in await cur.fetchall()}
+
     async def active_inputs(self) -> set[str]:
         """Input paths of jobs that still need their file where it is (not finished)."""
         cur = await self.db.execute(

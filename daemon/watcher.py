@@ -175,6 +175,10 @@ class Watcher:
         if sig is not None:
             self.known[path] = sig
 
+    def forget(self, unit: Path) -> None:
+        """Offer `unit` again at the next rescan if it still exists (e.g. a folder whose job ended)."""
+        self.known.pop(unit, None)
+
     def hint(self, path: Path) -> None:
         """Something changed at `path` (file or folder): offer the unit(s) it belongs to."""
         if path.is_dir() and path != self.inbox:

@@ -27,6 +27,7 @@ class RecordParams(Params):
     wait_once: float | None = None  # return Wait(seconds) on the first run (like a remote task)
     note: str = ""
     ask: bool = False  # ask the route's vision provider about the file (provider error paths)
+    consume: bool = False  # folder-record: remove half its files, wait, the rest, wait again
 
 
 def runs_log(state_dir: Path) -> Path:
@@ -103,6 +104,18 @@ class FolderRecordEngine:
 
     async def run(self, job: Job, ctx: JobContext) -> Done:
         root = Path(job.input_path)
-        count = sum(1 for p in root.rglob("*") if p.is_file())
-        out = files.write_text(ctx.output_dir / f"{root.name}.count", str(count))
-        return Done([out])
+        found = sorted(p for p in root.rglob("*") if p.is_file())
+        out = files.write_text(ctx.output_dir / f"{root.name}-{job.id}.count", str(len(found)))
+        p = RecordParams.model_validate(job.params)
+        if p.consume:  # like the cluster engine: the unit changes under its job, in steps
+            half = len(found) // 2
+            for f in found[:half]:
+                f.unlink()
+            await asyncio.sleep(p.seconds)
+            for f in found[half:]:
+                f.unlink()
+            await asyncio.sleep(p.seconds)  # finishing touches (cluster: contact sheets)
+            if not any(root.iterdir()):
+                root.rmdir()
+        # a consuming engine puts its unit's files away itself (cluster files them per person)
+        return Done([out], archive_input=not p.consume)

@@ -216,3 +216,37 @@ async def _has(d: dict[Path, object], key: Path) -> bool:
 
 async def _nonempty(items: list[object]) -> bool:
     return bool(items)
+
+
+async def test_a_folder_changed_by_its_own_job_is_not_a_new_drop(tmp_path: Path) -> None:
+    """The engine empties its folder unit in steps (as cluster does), slower than it settles: no
+    second job for the half-emptied folder. A photo added meanwhile is taken up once it is done
+    (it settled while the job ran, and nothing changes after: the watcher must look again)."""
+    path = write_config(
+        tmp_path / "p",
+        extra="  - name: folders\n    folder: folders\n    engine: folder-record\n",
+    )
+    text = path.read_text().replace(
+        '["tests.engines:RecordEngine"]', '["tests.engines:RecordEngine", "tests.engines:FolderRecordEngine"]'
+    )
+    path.write_text(text)
+    cfg = cfgmod.load(path)
+    (cfg.paths.inbox / "folders").mkdir()
+    (cfg.paths.inbox / "folders" / "dropflow.yaml").write_text("params: {consume: true, seconds: 1.5}\n")
+    album = cfg.paths.inbox / "folders" / "album"
+    album.mkdir()
+    for i in range(4):
+        (album / f"{i}.jpg").write_bytes(b"x" * (i + 1))
+    async with running_daemon(cfg) as d:
+
+        async def files_left(n: int) -> bool:
+            return len(list(album.iterdir())) == n
+
+        await wait_for(lambda: files_left(2), timeout=30)  # half-emptied, and stable for a while
+        await wait_for(lambda: files_left(0), timeout=30)
+        (album / "late.jpg").write_bytes(b"added while the job ran")  # the job no longer looks
+        [first, second] = await d.wait_status(2, ("succeeded",), timeout=30)
+        assert not album.exists()
+    assert first.input_path == second.input_path == str(album)
+    counts = [Path(j.outputs[0]).read_text() for j in (first, second)]
+    assert counts == ["4", "1"], "the first job saw the drop, the second only the late photo"
