@@ -349,6 +349,33 @@ async def test_dashscope_create_call_that_cannot_connect_is_safe_to_repeat() -> 
     assert refused.value.code.startswith("ClientConnector")  # the engine resubmits only these
 
 
+async def test_dashscope_calls_go_through_the_proxy_the_environment_names(
+    ds: FakeDashScope, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP(S)_PROXY and NO_PROXY are honoured as the SDK's own session would (read once, not per
+    request). The fake stands in for the proxy: a host that does not resolve is reached through it."""
+    monkeypatch.setenv("HTTP_PROXY", ds.base_url.rsplit("/api/", 1)[0])
+    for proxy_var in ("http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy_var, raising=False)
+    provider = DashScopeVision(settings("http://dashscope.invalid/api/v1"))
+    try:
+        result = await provider.generate(video_request())
+    finally:
+        await provider.aclose()
+    assert result.text and ds.count("multimodal") == 1
+    assert ds.last("multimodal").headers["host"] == "dashscope.invalid"
+
+    for no_proxy in ("NO_PROXY", "no_proxy"):  # bypassed: the name must resolve, and can't
+        monkeypatch.setenv(no_proxy, "dashscope.invalid")
+    provider = DashScopeVision(settings("http://dashscope.invalid/api/v1"))
+    try:
+        with pytest.raises(RetryableError) as direct:
+            await provider.generate(video_request())
+    finally:
+        await provider.aclose()
+    assert direct.value.code.startswith("ClientConnector") and ds.count("multimodal") == 1
+
+
 # --- OpenAI-compatible ---------------------------------------------------------------------------
 
 

@@ -20,10 +20,12 @@ from typing import Any, ClassVar
 import aiohttp
 import dashscope
 import requests
+from aiohttp.helpers import get_env_proxy_for_url
 from dashscope.aigc.video_synthesis import AioVideoSynthesis
 from dashscope.api_entities.aio_session import close_shared_aio_session, get_ssl_context
 from dashscope.common.error import UploadFileException
 from dashscope.utils.oss_utils import OssUtils
+from yarl import URL
 
 from dropflow.daemon.config import ProviderSettings
 from dropflow.engine.errors import AuthError, InputError, PermanentError, RetryableError
@@ -53,14 +55,66 @@ PROVIDER = "dashscope"
 _TRANSPORT_ERRORS = (aiohttp.ClientError, requests.RequestException, TimeoutError, ConnectionError)
 
 
+class CreateOutcomeUnknown(aiohttp.ClientError):
+    """The connection of a create call broke after it was made: the request may have reached the server.
+
+    Deliberately not an `aiohttp.ClientConnectionError`: the SDK silently sends a request again
+    after one of those (`send_with_retry_async`), which for a create call could start a second,
+    billed task.
+    """
+
+
+async def _no_silent_resend(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectorError:
+        raise  # never connected: nothing was sent, a resend is harmless
+    except aiohttp.ClientConnectionError as exc:
+        raise CreateOutcomeUnknown(f"connection lost during the create call ({type(exc).__name__})") from exc
+
+
+def _env_proxy(url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy the environment names for `url` (HTTPS_PROXY, NO_PROXY, ...), as `trust_env` would."""
+    try:
+        return get_env_proxy_for_url(URL(url))
+    except LookupError:
+        return None, None
+
+
 class _DashScopeClient:
-    """Key, base URL, timeout and the shared rate limiter; the SDK-response checks."""
+    """Key, base URL, timeout and the shared rate limiter; the SDK-response checks; our sessions.
+
+    Calls go through aiohttp sessions of our own (the SDK's `session=` argument), one per event
+    loop: the proxy settings are read from the environment once, where a `trust_env` session (the
+    SDK's own) looks up netrc and the proxy variables in a worker thread on every request, two
+    thread hops per call that queue behind the daemon's file work. Create calls of video tasks
+    get a session of their own: a fresh connection each time (a stale pooled one is the usual
+    reason for a dropped request) and no silent resend once connected (`CreateOutcomeUnknown`).
+    """
 
     def __init__(self, settings: ProviderSettings) -> None:
         self._key = require_key(PROVIDER, settings)
         self._base_url = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
         self._timeout = settings.timeout_seconds
         self._limiter = RateLimiter(settings.requests_per_minute, settings.concurrency)
+        self._proxy, self._proxy_auth = _env_proxy(self._base_url)
+        self._sessions: dict[bool, tuple[aiohttp.ClientSession, asyncio.AbstractEventLoop]] = {}
+
+    def _session(self, *, create: bool = False) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        found = self._sessions.get(create)
+        if found is not None and not found[0].closed and found[1] is loop:  # sessions are loop-bound
+            return found[0]
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=get_ssl_context(), force_close=create),
+            proxy=self._proxy,
+            proxy_auth=self._proxy_auth,
+            middlewares=(_no_silent_resend,) if create else (),
+        )
+        self._sessions[create] = (session, loop)
+        return session
 
     def _point_sdk(self) -> None:
         dashscope.base_http_api_url = self._base_url
@@ -90,11 +144,15 @@ class _DashScopeClient:
                 raise transport_error(PROVIDER, exc) from exc
 
     async def aclose(self) -> None:
-        # The SDK keeps one aiohttp session per event loop; left open it warns at interpreter exit.
-        try:
+        """Close our sessions and the SDK's own (task status calls take no `session=`)."""
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session, loop in sessions:
+            if not session.closed and loop is asyncio.get_running_loop():
+                with contextlib.suppress(Exception):  # closing must never raise
+                    await session.close()
+        # left open, the SDK's per-loop session warns at interpreter exit
+        with contextlib.suppress(Exception):
             await close_shared_aio_session()
-        except Exception:
-            pass  # closing must never raise
 
 
 def _usage(raw: Any) -> Usage:
@@ -166,6 +224,7 @@ class DashScopeVision(_DashScopeClient):
                 model=model,
                 messages=messages,
                 result_format="message",
+                session=self._session(),
                 **params,
             )
         else:
@@ -174,6 +233,7 @@ class DashScopeVision(_DashScopeClient):
                 dashscope.AioMultiModalConversation.call,
                 model=model,
                 messages=self.messages(request),
+                session=self._session(),
                 **params,
             )
         self._check(response)
@@ -206,61 +266,11 @@ def _is_local(ref: str) -> bool:
     return not ref.startswith(("http://", "https://", "oss://", "data:"))
 
 
-class CreateOutcomeUnknown(aiohttp.ClientError):
-    """The connection of a create call broke after it was made: the request may have reached the server.
-
-    Deliberately not an `aiohttp.ClientConnectionError`: the SDK silently sends a request again
-    after one of those (`send_with_retry_async`), which for a create call could start a second,
-    billed task.
-    """
-
-
-async def _no_silent_resend(
-    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
-) -> aiohttp.ClientResponse:
-    try:
-        return await handler(request)
-    except aiohttp.ClientConnectorError:
-        raise  # never connected: nothing was sent, a resend is harmless
-    except aiohttp.ClientConnectionError as exc:
-        raise CreateOutcomeUnknown(f"connection lost during the create call ({type(exc).__name__})") from exc
-
-
 class DashScopeVideoGen(_DashScopeClient):
-    """wan text-to-video / image-to-video through `AioVideoSynthesis` (create, fetch, cancel).
-
-    Create calls go through a session of their own: a fresh connection each time (a stale pooled
-    one is the usual reason for a dropped request) and no silent resend once connected, so a
-    broken call surfaces as "outcome unknown" and is never repeated behind the caller's back.
-    """
+    """wan text-to-video / image-to-video through `AioVideoSynthesis` (create, fetch, cancel)."""
 
     name: ClassVar[str] = PROVIDER
     offline: ClassVar[bool] = False
-
-    def __init__(self, settings: ProviderSettings) -> None:
-        """Raises AuthError when no key is configured."""
-        super().__init__(settings)
-        self._create_session: aiohttp.ClientSession | None = None
-        self._create_loop: asyncio.AbstractEventLoop | None = None
-
-    def _session_for_create(self) -> aiohttp.ClientSession:
-        session = self._create_session
-        loop = asyncio.get_running_loop()
-        if session is None or session.closed or self._create_loop is not loop:  # sessions are loop-bound
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=get_ssl_context(), force_close=True),
-                trust_env=True,  # HTTPS_PROXY and friends, as the SDK's own session
-                middlewares=(_no_silent_resend,),
-            )
-            self._create_session, self._create_loop = session, loop
-        return session
-
-    async def aclose(self) -> None:
-        session, self._create_session = self._create_session, None
-        if session is not None and not session.closed:
-            with contextlib.suppress(Exception):  # closing must never raise
-                await session.close()
-        await super().aclose()
 
     def _upload(self, model: str, path: Path) -> str:
         """The SDK's two-step upload (policy, then a form POST to OSS); returns ``oss://key``. Blocking."""
@@ -318,7 +328,7 @@ class DashScopeVideoGen(_DashScopeClient):
             model=request.model,
             prompt=request.prompt,
             request_timeout=self._timeout,
-            session=self._session_for_create(),
+            session=self._session(create=True),
             **params,
         )
         self._check(response)
