@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import random
 import time
 import urllib.parse
 import urllib.request
@@ -93,7 +94,8 @@ class VideoGenParams(Params):
         60.0,
         gt=0,
         le=24 * 60,
-        description="Give up following a task not finished this long after submission.",
+        description="Give up following a task not finished this long after submission (or "
+        "submitting one that every try is throttled, 429).",
     )
     max_download_mb: float = Field(512.0, gt=0, description="Refuse a video larger than this.")
     download_retries: int = Field(
@@ -406,9 +408,15 @@ class _Run:
                 "request": dataclasses.asdict(request),
                 "retired": self.cp.get("retired", []),
                 "resubmit_ok": self.cp.get("resubmit_ok", False),
+                **({"throttled": self.cp["throttled"]} if "throttled" in self.cp else {}),
             }
             await self.save()
-            task = await self.create(prepared)
+            try:
+                task = await self.create(prepared)
+            except RetryableError as exc:
+                if exc.status != 429:
+                    raise
+                return await self.throttled(exc)
         finally:
             gate.release(self.job.id, created=self.cp.get("phase") == "remote")
         if self.ctx.cancel_reason == "cancel":
@@ -416,6 +424,38 @@ class _Run:
         message = f"submitted: task {task.task_id} ({request.model})"
         await self.ctx.progress(0.05, message)
         return Wait(self.p.poll_first_seconds, message)
+
+    async def throttled(self, exc: RetryableError) -> Wait:
+        """DashScope refused the create call with 429 (no task was made): wait it out.
+
+        Throttling says the account's task slots or quota are taken, often by work elsewhere, so
+        it is not charged as a failed attempt; after `deadline_minutes` of nothing but 429s the
+        job fails (a `dropflow retry` then waits another period).
+        """
+        now = time.time()
+        since, tries = self.cp.get("throttled") or (now, 0)
+        if now - since > self.p.deadline_minutes * 60:
+            self.cp.pop("throttled", None)
+            await self.save()
+            raise PermanentError(
+                f"{self.name}: {self.provider.name} refused every submission for "
+                f"{self.p.deadline_minutes:g} min ({exc.code or 429}: {exc.message}); no task was made",
+                hint="the account's task slots or quota are taken: check the DashScope console, "
+                f"then `dropflow retry {self.job.id}`; params.deadline_minutes sets how long to wait",
+                provider=self.provider.name,
+                code=exc.code,
+                status=429,
+            ) from exc
+        self.cp["throttled"] = [since, tries + 1]
+        await self.save()
+        delay = exc.retry_after or min(self.p.poll_max_seconds, 2.0 * 2**tries)
+        delay *= random.uniform(0.8, 1.2)  # many throttled jobs must not come back in lockstep
+        message = (
+            f"throttled by {self.provider.name} ({exc.code or 429}, try {tries + 1}): no task made; "
+            f"submitting again in {delay:.0f}s"
+        )
+        await self.note(message)
+        return Wait(delay, message)
 
     async def admit(self, gate: _ModelGate, model: str) -> Wait | None:
         """Reserve a task slot and a submission time for `model`, or say how long to wait."""
@@ -488,6 +528,7 @@ class _Run:
         )
         self.cp.pop("resubmit_ok", None)
         self.cp.pop("since", None)
+        self.cp.pop("throttled", None)
         await self.save(remote_task_id=task.task_id)
         if self.ctx.services.get("store") is None:
             self.engine.gate(self.provider.name, prepared.model).active.add(self.job.id)

@@ -499,19 +499,37 @@ async def test_concurrent_task_limit_counts_waiting_jobs(
     assert len(list((tmp_path / "p" / "outputs" / "video-gen").glob("n*.mp4"))) == 4
 
 
-async def test_throttled_submission_backs_off_and_is_not_charged_twice(
+async def test_throttled_submission_is_waited_out_without_charging_attempts(
     tmp_path: Path, ds: FakeDashScope, clock: Clock
 ) -> None:
-    ds.inject(Fault.error(429, "Throttling.RateQuota", endpoint="video_synthesis"), times=2)
+    # the account's task slots are busy elsewhere: more 429s than the job has attempts
+    ds.inject(Fault.error(429, "Throttling.RateQuota", retry_after=0.1, endpoint="video_synthesis"), times=6)
     async with started(tmp_path / "p", ds) as d:
         drop(d.cfg, "t.txt", "throttled")
         job = await job_where(d, following("PENDING"))
-        assert job.attempts == 2, "each refused call was one attempt, backed off by the scheduler"
+        assert job.attempts == 0, "waiting out throttling is not a failed attempt"
+        assert "throttled" not in job.checkpoint
         events = await history(d, job.id)
         clock.advance(PENDING + RUNNING + 1)
         await status(d, job.id, "succeeded")
-    assert sum("Throttling.RateQuota" in m and "retry at" in m for m in events) == 2
-    assert len(ds.tasks) == 1, "the two refused calls made no task; the third made exactly one"
+    assert sum("throttled by dashscope (Throttling.RateQuota" in m for m in events) == 6
+    assert len(ds.tasks) == 1, "the six refused calls made no task; the seventh made exactly one"
+
+
+async def test_throttling_that_never_ends_fails_the_job_after_the_deadline(
+    tmp_path: Path, ds: FakeDashScope
+) -> None:
+    ds.inject(
+        Fault.error(429, "Throttling.AllocationQuota", retry_after=0.1, endpoint="video_synthesis"), times=50
+    )
+    async with started(tmp_path / "p", ds, params={"deadline_minutes": 0.01}) as d:
+        drop(d.cfg, "t.txt", "never")
+        job = await job_where(d, lambda j: j.status == "failed", timeout=30)
+    assert job.error_kind == "permanent" and "refused every submission" in (job.error_message or "")
+    assert "AllocationQuota" in (job.error_message or "") and f"dropflow retry {job.id}" in (
+        job.error_hint or ""
+    )
+    assert job.attempts == 1 and not ds.tasks and ds.pending_faults() > 0
 
 
 # --- the submission window --------------------------------------------------------------------------
