@@ -45,7 +45,7 @@ class Intake:
         # A folder whose job is not finished is its engine's to change (cluster moves photos out
         # of it): what the watcher sees meanwhile is not a new drop. Photos added to it then are
         # picked up once the job is done (`Watcher.forget`).
-        folders = [str(p.path) for p in plans if p.path.is_dir()]
+        folders = [str(p.path) for p in plans if p.folder]
         busy = await self.store.active_units(folders) if folders else set()
         plans = [p for p in plans if str(p.path) not in busy]
         if not plans:

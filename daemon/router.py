@@ -51,6 +51,7 @@ class Unit:
     max_attempts: int
     error: DropflowError | None = None  # invalid params/overrides: the job is created failed
     overrides: list[Path] = field(default_factory=list)
+    folder: bool = False  # a folder unit (its engine takes the folder whole), not a file
 
 
 @dataclass
@@ -147,6 +148,7 @@ class Router:
                     max_attempts=st.max_attempts,
                     error=st.error,
                     overrides=st.overrides,
+                    folder=is_folder,
                 )
             )
         return out

@@ -397,6 +397,7 @@ class _Run:
                 raise JobCancelled(
                     f"{self.ctx.cancel_reason}ed before anything was submitted (nothing billed)"
                 )
+            throttled = self.cp.get("throttled")
             self.cp = {
                 "phase": "submitting",
                 "since": time.time(),
@@ -408,8 +409,9 @@ class _Run:
                 "request": dataclasses.asdict(request),
                 "retired": self.cp.get("retired", []),
                 "resubmit_ok": self.cp.get("resubmit_ok", False),
-                **({"throttled": self.cp["throttled"]} if "throttled" in self.cp else {}),
             }
+            if throttled:  # the 429s before this try count towards the deadline
+                self.cp["throttled"] = throttled
             await self.save()
             try:
                 task = await self.create(prepared)
