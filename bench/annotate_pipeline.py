@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dropflow.daemon.store import Store  # noqa: E402
+from dropflow.daemon.core.store import Store  # noqa: E402
 
 VIDEOS = 50
 LATENCY = 0.5
@@ -151,8 +151,8 @@ async def timings(db: Path, first_id: int) -> tuple[float, float, int]:
 async def provider_alone(url: str, videos: list[Path]) -> float:
     """The same requests (the first round's, re-sampled) straight through the provider, C at a
     time, no daemon: what the SDK and the fake server leave of the ideal. Requests per second."""
-    from dropflow.daemon.config import ProviderSettings
-    from dropflow.engine.frames import SampleSpec, sample_frames
+    from dropflow.daemon.core.config import ProviderSettings
+    from dropflow.engine.annotate.frames import SampleSpec, sample_frames
     from dropflow.engine.providers.base import TextPart, VideoPart, VisionRequest
     from dropflow.engine.providers.dashscope import DashScopeVision
 

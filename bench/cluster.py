@@ -2,7 +2,7 @@
 
 Data: labelled synthetic 512-d identity embeddings (`tests.onnx_standins.identity_dataset`):
 power-law identity sizes with many people seen once (noise), same-person cosine ~0.45-0.8,
-strangers ~0-0.2, 10% burst shots. Ours: `dropflow.engine.clustering.cluster` with the engine's
+strangers ~0-0.2, 10% burst shots. Ours: `dropflow.engine.cluster.clustering.cluster` with the engine's
 defaults (min_cluster_size 2, min_samples 1, cluster_selection_epsilon 1.0) at N = 10k, 50k, 100k
 (`--quick`: 10k and 50k). The seed: `hdbscan.HDBSCAN(min_cluster_size=2, min_samples=1)` on the
 same L2-normalised vectors, at 10k only (it builds its tree from all n^2 distances; 20k takes
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dropflow.engine import clustering
+from dropflow.engine.cluster import clustering
 from tests.onnx_standins import adjusted_rand, identity_dataset
 
 

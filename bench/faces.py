@@ -1,6 +1,6 @@
 """Faces end to end (our pipeline) against raw onnxruntime runs of the same models, side by side.
 
-Ours: `dropflow.engine.faces.detect_photos` over JPEG files: decode with EXIF handling (prefetched
+Ours: `dropflow.engine.cluster.faces.detect_photos` over JPEG files: decode with EXIF handling (prefetched
 in a thread), insightface's SCRFD detection (resize, pad, blob, decode, NMS), ArcFace alignment
 and one batched embedding run per photo, crops for the contact sheets. Raw: the same two ONNX
 files in plain `onnxruntime.InferenceSession`s (same provider and session options), fed the ready
@@ -48,7 +48,7 @@ def main() -> None:
     import cv2
     import onnxruntime
 
-    from dropflow.engine.faces import DetectOptions, FaceModel, align, detect_photos, session_options
+    from dropflow.engine.cluster.faces import DetectOptions, FaceModel, align, detect_photos, session_options
     from dropflow.engine.media import load_image
 
     with tempfile.TemporaryDirectory(prefix="dropflow-bench-faces-") as tmp:

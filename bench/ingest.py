@@ -30,8 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dropflow.daemon.schema import MIGRATIONS  # noqa: E402
-from dropflow.daemon.store import Store, _statements  # noqa: E402
+from dropflow.daemon.core.store import Store  # noqa: E402
+from dropflow.daemon.core.store.migrations import MIGRATIONS  # noqa: E402
+from dropflow.daemon.core.store.sqlite import _statements  # noqa: E402
 
 SETTLE = 1.0
 

@@ -27,8 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dropflow.daemon.config import load  # noqa: E402
-from dropflow.daemon.store import Store  # noqa: E402
+from dropflow.daemon.core.config import load  # noqa: E402
+from dropflow.daemon.core.store import Store  # noqa: E402
 from dropflow.tui.app import DropflowApp  # noqa: E402
 from dropflow.tui.widgets.job_table import JobTable  # noqa: E402
 

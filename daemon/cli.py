@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,32 +21,32 @@ from typing import Any, TypeVar
 import yaml
 
 from dropflow.daemon import __version__
-from dropflow.daemon.config import Config, find_config, load, redacted_dump
-from dropflow.daemon.store import STATUSES, Job, NewJob, Store
-from dropflow.engine.errors import ConfigError, DropflowError, InputError, render
+from dropflow.daemon.core.config import Config, find_config, load, redacted_dump
+from dropflow.daemon.core.jobs import STATUSES, Job, NewJob
+from dropflow.daemon.core.store import Store, with_store
+from dropflow.engine.errors import (
+    EXIT_CONFIG,
+    EXIT_ERROR,
+    EXIT_MISSING,
+    EXIT_OK,
+    EXIT_STATE,
+    EXIT_USAGE,
+    ConfigError,
+    DropflowError,
+    InputError,
+    render,
+)
 
 T = TypeVar("T")
 
 # Commands that belong to one part (the TUI, an engine) live beside it. Each module has
 # `add_commands(subparsers)` and must import only light things at module level.
-COMMAND_MODULES = ("dropflow.tui.commands", "dropflow.engine.dataset_cli", "dropflow.engine.cluster_cli")
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_MISSING, EXIT_STATE = 0, 1, 2, 3, 4, 5
+COMMAND_MODULES = ("dropflow.tui.commands", "dropflow.engine.dataset.cli", "dropflow.engine.cluster.cli")
 
 
 def load_config(args: argparse.Namespace) -> Config:
     """The config named by --config / $DROPFLOW_CONFIG / ./config.yaml."""
     return load(find_config(args.config))
-
-
-def with_store(cfg: Config, fn: Callable[[Store], Awaitable[T]]) -> T:
-    """Run `fn(store)` on the config's database in a fresh event loop (for sync commands)."""
-
-    async def go() -> T:
-        async with Store.open(cfg.paths.database) as store:
-            return await fn(store)
-
-    return asyncio.run(go())
 
 
 # --- init ------------------------------------------------------------------------------------------
@@ -274,7 +274,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.engine:
         route = next((r for r in cfg.routes if r.engine == args.engine), None)
         if route is None:
-            from dropflow.daemon.config import Route
+            from dropflow.daemon.core.config import Route
 
             router.engine(args.engine)  # unknown engine -> ConfigError with the known names
             route = Route(name=f"submit:{args.engine}", folder="submit", engine=args.engine)

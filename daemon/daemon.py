@@ -11,15 +11,14 @@ import importlib
 import logging
 import signal
 from pathlib import Path
-from typing import Any
 
 from dropflow.daemon import __version__
-from dropflow.daemon.config import Config
+from dropflow.daemon.core.config import Config
+from dropflow.daemon.core.store import Store, owner_id
 from dropflow.daemon.intake import Intake
 from dropflow.daemon.logs import Redactor
 from dropflow.daemon.router import Router
 from dropflow.daemon.scheduler import Scheduler
-from dropflow.daemon.store import Store, owner_id
 from dropflow.daemon.watcher import Watcher
 from dropflow.engine import files, registry
 from dropflow.engine.providers import ProviderPool, resolve_default
@@ -45,7 +44,6 @@ class Daemon:
         self.redact = redact
         self.owner = owner_id()
         self.stop = asyncio.Event()
-        self.services: dict[str, Any] = {}
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -74,12 +72,9 @@ class Daemon:
         try:
             async with Store.open(cfg.paths.database) as store:
                 await store.register_daemon(self.owner, __version__)
-                # engines with tables of their own (cluster persons) or cross-job limits
-                # (video-gen tasks in flight) reach the store through services
-                self.services["store"] = store
                 router = Router(cfg)
                 intake = Intake(cfg, store, router)
-                scheduler = Scheduler(cfg, store, router, intake, hub, self.owner, self.redact, self.services)
+                scheduler = Scheduler(cfg, store, router, intake, hub, self.owner, self.redact)
                 intake.on_new = scheduler.wake.set
                 watcher = Watcher(cfg.watch, router, intake.accept)
                 scheduler.on_finished = lambda job, _outcome: _forget_folder(watcher, job.input_path)

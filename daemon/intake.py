@@ -14,16 +14,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dropflow.daemon.config import Config
+from dropflow.daemon.core.config import Config
+from dropflow.daemon.core.jobs import Job, NewJob
+from dropflow.daemon.core.store import Store
 from dropflow.daemon.router import Router
-from dropflow.daemon.store import Job, NewJob, Store
 from dropflow.daemon.watcher import Ready
 from dropflow.engine import files
 from dropflow.engine.errors import InputError, error_payload
+from dropflow.engine.files import error_sidecar
 
 log = logging.getLogger("dropflow.intake")
-
-ERROR_SUFFIX = ".error.txt"
 
 
 class Intake:
@@ -144,10 +144,6 @@ class Intake:
             if sidecar.exists():
                 sidecar.unlink()
         return primary
-
-
-def error_sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ERROR_SUFFIX)
 
 
 def write_error_sidecar(path: Path, error: dict[str, object]) -> None:

@@ -15,25 +15,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from dropflow.daemon.config import FOLDER_OVERRIDE_NAME, Config, Route, line_of, load_override
+from dropflow.daemon.core.config import Config, Route, line_of, load_override
 from dropflow.engine import registry
 from dropflow.engine.base import Engine
 from dropflow.engine.errors import ConfigError, DropflowError
-
-TEMP_SUFFIXES = (".part", ".crdownload", ".download", ".tmp", ".partial", ".swp")
-SIDECAR_SUFFIXES = (".error.txt",)
-IGNORED_NAMES = {FOLDER_OVERRIDE_NAME, "README.md", "Thumbs.db", "desktop.ini"}
-
-
-def is_ignored_name(name: str) -> bool:
-    """Names that are never inputs: temp/partial downloads, hidden files, our own sidecars."""
-    lower = name.lower()
-    return (
-        name.startswith((".", "~"))
-        or lower.endswith(TEMP_SUFFIXES)
-        or lower.endswith(SIDECAR_SUFFIXES)
-        or name in IGNORED_NAMES
-    )
+from dropflow.engine.files import FOLDER_OVERRIDE_NAME, is_ignored_name
 
 
 @dataclass

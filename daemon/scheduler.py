@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dropflow.daemon.config import Config
+from dropflow.daemon.core.config import Config
+from dropflow.daemon.core.jobs import Job
+from dropflow.daemon.core.store import Store
+from dropflow.daemon.core.store.persons import SqlitePersons
 from dropflow.daemon.intake import Intake, clear_error_sidecar, write_error_sidecar
 from dropflow.daemon.logs import Redactor
 from dropflow.daemon.router import Router
-from dropflow.daemon.store import Job, Store
 from dropflow.engine.base import Done, JobContext, Providers, Wait
 from dropflow.engine.errors import DropflowError, ErrorKind, JobCancelled, error_payload
 
@@ -75,7 +77,6 @@ class Scheduler:
         providers: Providers,
         owner: str,
         redact: Redactor,
-        services: dict[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg
         self.settings = cfg.scheduler
@@ -85,7 +86,7 @@ class Scheduler:
         self.providers = providers
         self.owner = owner
         self.redact = redact
-        self.services = services or {}
+        self.persons = SqlitePersons(store)
         self.running: dict[int, _Running] = {}
         self.wake = asyncio.Event()
         self.on_finished: Callable[[Job, str], None] | None = None
@@ -190,7 +191,9 @@ class Scheduler:
             logger=logging.getLogger(f"dropflow.engine.{job.engine}"),
             report=report,
             checkpoint=checkpoint,
-            services=self.services,
+            spawner=self.store,
+            tasks=self.store,
+            persons=self.persons,
         )
 
     # --- one job ----------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import watchfiles
 
-from dropflow.daemon.config import Route, WatchSettings
-from dropflow.daemon.router import TEMP_SUFFIXES, Router, is_ignored_name
-from dropflow.engine.files import file_hash
+from dropflow.daemon.core.config import Route, WatchSettings
+from dropflow.daemon.router import Router
+from dropflow.engine.files import TEMP_SUFFIXES, file_hash, is_ignored_name
 
 log = logging.getLogger("dropflow.watcher")
 

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict
 from dropflow.engine.errors import JobCancelled
 
 if TYPE_CHECKING:
-    from dropflow.daemon.store import Job
+    from dropflow.daemon.core.jobs import Job, JobSpawner, TaskRegistry
+    from dropflow.daemon.core.persons import PersonsRepository
     from dropflow.engine.providers.base import VideoGenProvider, VisionProvider
 
 
@@ -59,7 +60,16 @@ class Providers(Protocol):
 
 
 class JobContext:
-    """What an engine gets besides its job: progress, cancellation, outputs, checkpoints, providers."""
+    """What an engine gets besides its job: progress, cancellation, outputs, checkpoints, providers,
+    and narrow views of the daemon's store (None when an engine runs without a daemon):
+
+    - `spawner`: insert jobs of its own (a dataset ZIP becomes a job per image);
+    - `tasks`: the other jobs of its engine (remote tasks in flight) and notes in a job's history;
+    - `persons`: the persons of cluster batches.
+
+    State shared by every job of a daemon (loaded models, decode slots) lives on the engine
+    instance: the daemon keeps one per engine.
+    """
 
     def __init__(
         self,
@@ -72,7 +82,9 @@ class JobContext:
         logger: logging.Logger,
         report: Callable[[float, str], Awaitable[None]],
         checkpoint: Callable[[dict[str, Any], str | None], Awaitable[None]],
-        services: dict[str, Any] | None = None,
+        spawner: JobSpawner | None = None,
+        tasks: TaskRegistry | None = None,
+        persons: PersonsRepository | None = None,
     ) -> None:
         self.job = job
         self.output_dir = output_dir
@@ -82,7 +94,9 @@ class JobContext:
         self.log = logger
         self._report = report
         self._checkpoint = checkpoint
-        self.services = services or {}
+        self.spawner = spawner
+        self.tasks = tasks
+        self.persons = persons
         self.cancel_reason: str | None = None  # 'cancel' or 'pause' once requested
 
     async def progress(self, fraction: float, message: str = "") -> None:

@@ -18,6 +18,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+# exit codes of the CLI (the daemon's and every engine's extension), one per outcome
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_MISSING, EXIT_STATE = 0, 1, 2, 3, 4, 5
+
 
 class ErrorKind(StrEnum):
     RETRYABLE = "retryable"

@@ -18,6 +18,30 @@ from typing import IO, Any
 
 TEMP_PREFIX = ".dropflow-tmp-"
 
+# --- names: what in an inbox is never an input --------------------------------------------------
+
+FOLDER_OVERRIDE_NAME = "dropflow.yaml"  # per-folder overrides of a route
+ERROR_SUFFIX = ".error.txt"  # the reason a job failed, beside its input
+TEMP_SUFFIXES = (".part", ".crdownload", ".download", ".tmp", ".partial", ".swp")
+SIDECAR_SUFFIXES = (ERROR_SUFFIX,)
+IGNORED_NAMES = {FOLDER_OVERRIDE_NAME, "README.md", "Thumbs.db", "desktop.ini"}
+
+
+def is_ignored_name(name: str) -> bool:
+    """Names that are never inputs: temp/partial downloads, hidden files, our own sidecars."""
+    lower = name.lower()
+    return (
+        name.startswith((".", "~"))
+        or lower.endswith(TEMP_SUFFIXES)
+        or lower.endswith(SIDECAR_SUFFIXES)
+        or name in IGNORED_NAMES
+    )
+
+
+def error_sidecar(path: Path) -> Path:
+    """Where the reason a job failed is left for the user: beside the input."""
+    return path.with_name(path.name + ERROR_SUFFIX)
+
 
 def _read_umask() -> int:
     mask = os.umask(0)

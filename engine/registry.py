@@ -13,10 +13,10 @@ from dropflow.engine.base import Engine
 from dropflow.engine.errors import ConfigError
 
 BUILTINS: dict[str, str] = {
-    "annotate": "dropflow.engine.annotate:AnnotateEngine",
-    "dataset": "dropflow.engine.dataset:DatasetEngine",
-    "video-gen": "dropflow.engine.videogen:VideoGenEngine",
-    "cluster": "dropflow.engine.cluster:ClusterEngine",
+    "annotate": "dropflow.engine.annotate.engine:AnnotateEngine",
+    "dataset": "dropflow.engine.dataset.engine:DatasetEngine",
+    "video-gen": "dropflow.engine.videogen.engine:VideoGenEngine",
+    "cluster": "dropflow.engine.cluster.engine:ClusterEngine",
 }
 
 _engines: dict[str, type[Engine]] = {}

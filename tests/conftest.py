@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from dropflow.daemon import config as config_mod
-from dropflow.daemon.config import Config
+from dropflow.daemon.core import config as config_mod
+from dropflow.daemon.core.config import Config
+from dropflow.daemon.core.jobs import Job
+from dropflow.daemon.core.store import Store
 from dropflow.daemon.daemon import Daemon
 from dropflow.daemon.logs import Redactor
-from dropflow.daemon.store import Job, Store
 
 REPO = Path(__file__).resolve().parent.parent
 

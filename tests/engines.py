@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
-from dropflow.daemon.store import Job
+from dropflow.daemon.core.jobs import Job
 from dropflow.engine import files
 from dropflow.engine.base import Done, FileEngine, JobContext, Params, Wait
 from dropflow.engine.errors import InputError, PermanentError, RetryableError

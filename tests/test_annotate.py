@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from dropflow.daemon.config import ProviderSettings
-from dropflow.daemon.store import Job
-from dropflow.engine import annotate, frames
-from dropflow.engine.annotate import AnnotateEngine, AnnotateParams
+from dropflow.daemon.core.config import ProviderSettings
+from dropflow.daemon.core.jobs import Job
+from dropflow.engine.annotate import engine as annotate
+from dropflow.engine.annotate import frames
+from dropflow.engine.annotate.engine import AnnotateEngine, AnnotateParams
 from dropflow.engine.base import Done, JobContext
 from dropflow.engine.errors import AuthError, ConfigError, InputError, RetryableError
 from dropflow.engine.fakes import FakeAnthropic, FakeDashScope, FakeOpenAI, Fault, Prompt

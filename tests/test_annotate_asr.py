@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dropflow.engine.asr import (
+from dropflow.engine.annotate.asr import (
     SAMPLE_RATE,
     AudioChunk,
     chunk_request,

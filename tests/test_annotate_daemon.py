@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from dropflow.daemon import config as config_mod
 from dropflow.daemon.cli import main as cli_main
+from dropflow.daemon.core import config as config_mod
+from dropflow.daemon.core.store import Store
 from dropflow.daemon.daemon import Daemon
 from dropflow.daemon.logs import Redactor
-from dropflow.daemon.store import Store
 from dropflow.engine.fakes import FakeDashScope, Fault
 from tests.conftest import DaemonProcess, RunningDaemon, wait_for
 from tests.videos import make_video

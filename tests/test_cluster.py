@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from dropflow.daemon import config as config_mod
-from dropflow.daemon.config import Config
-from dropflow.daemon.store import Job, Store
+from dropflow.daemon.core import config as config_mod
+from dropflow.daemon.core.config import Config
+from dropflow.daemon.core.jobs import Job
+from dropflow.daemon.core.store import Store
 from tests import onnx_standins as st
 from tests.conftest import RunningDaemon, running_daemon, write_config
 
@@ -319,7 +320,7 @@ def test_persons_cli_lists_renames_and_merges(
     tmp_path: Path, model_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from dropflow.daemon.cli import main
-    from dropflow.engine.persons import Persons
+    from dropflow.daemon.core.store.persons import SqlitePersons
 
     cfg = cluster_config(tmp_path, model_root)
     drop_folder(cfg, "party", PARTY)
@@ -357,7 +358,7 @@ def test_persons_cli_lists_renames_and_merges(
 
     async def check() -> None:
         async with Store.open(cfg.paths.database) as store:
-            people = {p.folder: p for p in await Persons(store).persons("party", with_counts=True)}
+            people = {p.folder: p for p in await SqlitePersons(store).persons("party", with_counts=True)}
             # the group photo had a face of each: both are Alice's now
             assert owner[1] not in people and people["Alice"].photos == 6 and people["Alice"].faces == 7
 
@@ -374,7 +375,7 @@ async def test_pause_mid_detection_resumes_without_detecting_twice(
 ) -> None:
     import threading
 
-    from dropflow.engine import cluster
+    from dropflow.engine.cluster import engine as cluster
 
     monkeypatch.setattr(cluster, "DETECT_CHUNK", 2)
     analysed: list[str] = []

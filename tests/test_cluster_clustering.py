@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dropflow.engine import clustering
-from dropflow.engine.clustering import Settings
+from dropflow.engine.cluster import clustering
+from dropflow.engine.cluster.clustering import Settings
 from tests.onnx_standins import adjusted_rand, identity_dataset
 
 SEED_CONFIG = Settings(

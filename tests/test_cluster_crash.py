@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dropflow.daemon.store import Store
+from dropflow.daemon.core.store import Store
 from dropflow.engine.files import TEMP_PREFIX
 from tests import onnx_standins as st
 from tests.conftest import DaemonProcess, wait_for
@@ -29,7 +29,7 @@ SPEC: dict[str, list[int]] = {
 
 @pytest.fixture(scope="module")
 def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dropflow.engine import clustering
+    from dropflow.engine.cluster import clustering
 
     clustering.warm_up()  # numba's disk cache is filled before the daemons need it
     return st.build_pack(tmp_path_factory.mktemp("insightface"))

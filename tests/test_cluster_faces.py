@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dropflow.engine import faces
+from dropflow.engine.cluster import faces
+from dropflow.engine.cluster.faces import DetectOptions, FaceModel, detect_photos
 from dropflow.engine.errors import ModelMissingError
-from dropflow.engine.faces import DetectOptions, FaceModel, detect_photos
 from tests import onnx_standins as st
 
 
@@ -163,9 +163,9 @@ async def test_model_loads_once_per_daemon_off_the_event_loop(
             ticks += 1
 
     tick = asyncio.create_task(ticker())
-    services: dict[str, Any] = {}
-    got = await asyncio.gather(*(faces.get_model(services, model_root, "buffalo_l") for _ in range(3)))
+    cache = faces.ModelCache()
+    got = await asyncio.gather(*(faces.get_model(cache, model_root, "buffalo_l") for _ in range(3)))
     tick.cancel()
     assert got[0] is got[1] is got[2] and len(calls) == 1
     assert ticks >= 10, "loading blocked the event loop"
-    assert await faces.get_model(services, model_root, "buffalo_l") is got[0] and len(calls) == 1
+    assert await faces.get_model(cache, model_root, "buffalo_l") is got[0] and len(calls) == 1

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dropflow.daemon import config as cfgmod
+from dropflow.daemon.core import config as cfgmod
 from dropflow.engine.errors import ConfigError
 
 

@@ -6,8 +6,8 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
-from dropflow.daemon import config as cfgmod
-from dropflow.daemon.store import Store
+from dropflow.daemon.core import config as cfgmod
+from dropflow.daemon.core.store import Store
 from dropflow.engine.files import TEMP_PREFIX
 from tests.conftest import DaemonProcess, wait_for, write_config
 from tests.engines import read_runs

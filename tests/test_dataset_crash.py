@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from dropflow.engine.dataset_formats import check_sharegpt
+from dropflow.engine.dataset.formats import check_sharegpt
 from dropflow.engine.fakes import FakeOpenAI
 from tests.conftest import REPO, subprocess_env
 

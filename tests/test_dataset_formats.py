@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from dropflow.engine.dataset import (
+from dropflow.engine.dataset.engine import (
     DEFAULT_SYSTEM_PROMPT,
     DEFAULT_SYSTEM_PROMPT_FILE,
     DatasetParams,
     check_answer,
 )
-from dropflow.engine.dataset_folder import DatasetFolder
-from dropflow.engine.dataset_formats import (
+from dropflow.engine.dataset.folder import DatasetFolder
+from dropflow.engine.dataset.formats import (
     OPENAI_MAX_IMAGE_BYTES,
     OPENAI_MAX_IMAGES,
     FailedItem,

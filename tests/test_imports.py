@@ -31,7 +31,7 @@ def _modules_after(code: str) -> set[str]:
 
 def test_core_imports_without_textual_or_heavy_libraries() -> None:
     mods = _modules_after(
-        "import dropflow.daemon.cli, dropflow.daemon.daemon, dropflow.daemon.store, dropflow.daemon.scheduler,"
+        "import dropflow.daemon.cli, dropflow.daemon.daemon, dropflow.daemon.core.store.sqlite, dropflow.daemon.scheduler,"
         " dropflow.daemon.watcher, dropflow.engine.registry, dropflow.engine.providers"
     )
     loaded = sorted(m for m in HEAVY if m in mods)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dropflow.daemon import config as cfgmod
+from dropflow.daemon.core import config as cfgmod
 from dropflow.engine.fakes import FakeDashScope
 from dropflow.engine.fakes.server import Fault
 from tests.conftest import running_daemon, write_config

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dropflow.daemon.config import OfflineSettings, Providers, ProviderSettings
+from dropflow.daemon.core.config import OfflineSettings, Providers, ProviderSettings
 from dropflow.engine.errors import AuthError, ConfigError, PermanentError, RetryableError
 from dropflow.engine.fakes import FakeAnthropic, FakeDashScope, FakeOpenAI, Fault
 from dropflow.engine.providers import (

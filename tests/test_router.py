@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dropflow.daemon import config as cfgmod
+from dropflow.daemon.core import config as cfgmod
 from dropflow.daemon.router import Router
 from dropflow.daemon.scheduler import backoff
 from dropflow.engine import registry

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from dropflow.daemon import config as cfgmod
+from dropflow.daemon.core import config as cfgmod
+from dropflow.daemon.core.store import Store
 from dropflow.daemon.logs import Redactor
-from dropflow.daemon.store import Store
 from dropflow.engine.fakes import FakeDashScope
 from dropflow.engine.fakes.server import Fault
 from tests.conftest import DaemonProcess, wait_for, write_config

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from dropflow.daemon.config import Config
-from dropflow.daemon.store import Job, Store
+from dropflow.daemon.core.config import Config
+from dropflow.daemon.core.jobs import Job
+from dropflow.daemon.core.store import Store
 from tests.conftest import RunningDaemon, running_daemon, wait_for
 from tests.engines import read_runs
 
@@ -184,7 +185,8 @@ async def test_priority_orders_claims(daemon: RunningDaemon) -> None:
 
 
 def test_jobs_json_shape(tmp_path: Path) -> None:
-    from dropflow.daemon.store import NewJob, Store
+    from dropflow.daemon.core.jobs import NewJob
+    from dropflow.daemon.core.store import Store
 
     async def go() -> dict[str, object]:
         async with Store.open(tmp_path / "db.sqlite") as s:

@@ -7,8 +7,9 @@ import stat
 import time
 from pathlib import Path
 
-from dropflow.daemon.schema import MIGRATIONS
-from dropflow.daemon.store import NewJob, Store
+from dropflow.daemon.core.jobs import NewJob
+from dropflow.daemon.core.store import Store
+from dropflow.daemon.core.store.migrations import MIGRATIONS
 
 
 async def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:

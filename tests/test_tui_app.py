@@ -16,8 +16,9 @@ from textual.pilot import Pilot
 from textual.widgets import Static
 from textual.widgets.tree import TreeNode
 
-from dropflow.daemon.config import Config
-from dropflow.daemon.store import NewJob, Store, owner_id
+from dropflow.daemon.core.config import Config
+from dropflow.daemon.core.jobs import NewJob
+from dropflow.daemon.core.store import Store, owner_id
 from dropflow.tui.app import DropflowApp
 from dropflow.tui.screens.detail import JobDetailScreen
 from dropflow.tui.screens.dialogs import ConfirmScreen, EngineChoiceScreen

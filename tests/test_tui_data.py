@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from dropflow.daemon.store import NewJob, Store, owner_id
+from dropflow.daemon.core.jobs import NewJob
+from dropflow.daemon.core.store import Store, owner_id
 from dropflow.tui.data import JobRow, StoreReader
 from dropflow.tui.folders import list_folder, tally
 from dropflow.tui.logtail import job_lines
@@ -343,7 +344,7 @@ def test_log_tail_keeps_only_the_jobs_lines(tmp_path: Path) -> None:
     log.write_text(
         "x INFO dropflow.scheduler: job 12 (annotate) started: /in/a.mp4\n"
         "x INFO dropflow.scheduler: job 123 (annotate) started: /in/b.mp4\n"
-        "x INFO dropflow.engine.annotate: segment 3 of a.mp4 done\n"
+        "x INFO dropflow.engine.annotate.engine: segment 3 of a.mp4 done\n"
         "x INFO dropflow.scheduler: job 12 (annotate) succeeded: 2 output(s)\n"
     )
     lines = job_lines(log, 12, "a.mp4")

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from dropflow.daemon.config import Config, load
-from dropflow.daemon.store import NewJob, Store
+from dropflow.daemon.core.config import Config, load
+from dropflow.daemon.core.jobs import NewJob
+from dropflow.daemon.core.store import Store
 from dropflow.tui.app import DropflowApp
 from dropflow.tui.screens.detail import JobDetailScreen
 from dropflow.tui.widgets.folder_tree import FolderTree

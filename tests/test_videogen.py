@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from dropflow.daemon import config as cfgmod
-from dropflow.daemon.config import Config
-from dropflow.daemon.store import Job
+from dropflow.daemon.core import config as cfgmod
+from dropflow.daemon.core.config import Config
+from dropflow.daemon.core.jobs import Job
 from dropflow.engine.fakes import FakeDashScope, Fault
 from tests.conftest import RunningDaemon, running_daemon, wait_for
 

@@ -9,8 +9,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from dropflow.daemon import config as cfgmod
-from dropflow.daemon.store import Job, Store
+from dropflow.daemon.core import config as cfgmod
+from dropflow.daemon.core.jobs import Job
+from dropflow.daemon.core.store import Store
 from dropflow.engine.fakes import FakeDashScope, Fault
 from tests.conftest import DaemonProcess, subprocess_env, wait_for
 from tests.test_videogen import KEY, PENDING, RUNNING, Clock, drop, png, write_project

@@ -14,11 +14,11 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import ValidationError
 
-from dropflow.daemon.store import Job
+from dropflow.daemon.core.jobs import Job
 from dropflow.engine.base import JobContext, Wait
 from dropflow.engine.errors import InputError, PermanentError, RetryableError
 from dropflow.engine.providers.base import VideoGenRequest, VideoTask
-from dropflow.engine.videogen import (
+from dropflow.engine.videogen.engine import (
     DownloadFailed,
     VideoGenEngine,
     VideoGenParams,
@@ -30,7 +30,7 @@ from dropflow.engine.videogen import (
     fetch_video,
     url_expires_at,
 )
-from dropflow.engine.videogen_job import VideoSpec, load_job_file, read_spec, unit_inputs
+from dropflow.engine.videogen.job import VideoSpec, load_job_file, read_spec, unit_inputs
 from tests.test_videogen import png
 
 MP4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 200

@@ -6,10 +6,10 @@ import asyncio
 import time
 from pathlib import Path
 
-from dropflow.daemon import config as cfgmod
-from dropflow.daemon.config import WatchSettings
-from dropflow.daemon.router import is_ignored_name
+from dropflow.daemon.core import config as cfgmod
+from dropflow.daemon.core.config import WatchSettings
 from dropflow.daemon.watcher import SettleGate, Watcher, signature
+from dropflow.engine.files import is_ignored_name
 from tests.conftest import RunningDaemon, running_daemon, wait_for, write_config
 from tests.engines import read_runs
 
@@ -48,7 +48,7 @@ async def test_file_moved_in_from_elsewhere_is_taken_without_waiting_out_the_win
     os.utime(old, (an_hour_ago, an_hour_ago))
     fresh = tmp_path / "fresh.txt"
     fresh.write_text("just written")
-    from dropflow.daemon.config import Route
+    from dropflow.daemon.core.config import Route
 
     route = Route(name="r", folder="r", engine="record")
     gate.offer(route, old)
@@ -70,7 +70,7 @@ def test_untrusted_mtime_waits_the_full_window(tmp_path: Path) -> None:
     import os
 
     os.utime(p, (1, 1))
-    from dropflow.daemon.config import Route
+    from dropflow.daemon.core.config import Route
 
     gate.offer(Route(name="r", folder="r", engine="record"), p)
     assert gate.check() == [] and gate.check() == []
@@ -111,9 +111,9 @@ def test_ignored_names() -> None:
 
 
 async def test_files_dropped_while_down_are_picked_up_at_start(project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from dropflow.daemon.core.store import Store
     from dropflow.daemon.daemon import Daemon
     from dropflow.daemon.logs import Redactor
-    from dropflow.daemon.store import Store
 
     for i in range(3):
         (project.paths.inbox / "record" / f"early{i}.txt").write_text(f"early {i}")
@@ -134,10 +134,10 @@ async def test_files_dropped_while_down_are_picked_up_at_start(project, tmp_path
 
 async def test_folder_unit_settles_as_a_whole(tmp_path: Path) -> None:
     """A folder engine's unit becomes one job only after nothing below it changed."""
-    from dropflow.daemon import config as cfgmod
+    from dropflow.daemon.core import config as cfgmod
+    from dropflow.daemon.core.store import Store
     from dropflow.daemon.daemon import Daemon
     from dropflow.daemon.logs import Redactor
-    from dropflow.daemon.store import Store
     from tests.conftest import write_config
 
     root = tmp_path / "p"

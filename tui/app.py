@@ -18,8 +18,8 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from dropflow.daemon.config import Config
-from dropflow.daemon.store import Store
+from dropflow.daemon.core.config import Config
+from dropflow.daemon.core.store import Store
 from dropflow.engine import registry
 from dropflow.engine.errors import DropflowError, render
 from dropflow.tui import format as fmt

@@ -15,7 +15,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dropflow.daemon.config import Config
+    from dropflow.daemon.core.config import Config
     from dropflow.tui.data import DaemonState
     from dropflow.tui.supervisor import DaemonProcess
 
@@ -113,7 +113,7 @@ def stop_daemon(supervisor: DaemonProcess, timeout: float) -> None:
 
 
 async def daemon_state(cfg: Config) -> DaemonState:
-    from dropflow.daemon.store import Store
+    from dropflow.daemon.core.store import Store
     from dropflow.tui.data import StoreReader
 
     async with Store.open(cfg.paths.database) as store:

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dropflow.daemon.store import STATUSES, Event, Job, Store, owner_alive
+from dropflow.daemon.core.jobs import STATUSES, Event, Job
+from dropflow.daemon.core.store import Store, owner_alive
 from dropflow.tui.query import JobQuery, keyset, order_by
 
 # the columns the queue shows, plus the sort value so that the next page can start after a row

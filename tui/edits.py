@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dropflow.daemon.store import Store
+from dropflow.daemon.core.store import Store
 
 ACTIONS = ("pause", "resume", "toggle-pause", "cancel", "retry", "remove", "priority-up", "priority-down")
 

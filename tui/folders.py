@@ -10,9 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dropflow.daemon.config import Config
-from dropflow.daemon.intake import ERROR_SUFFIX
-from dropflow.daemon.router import is_ignored_name
+from dropflow.daemon.core.config import Config
+from dropflow.engine.files import ERROR_SUFFIX, is_ignored_name
 
 MAX_CHILDREN = 1000  # entries listed under one folder node
 MAX_COUNT = 20_000  # files counted under one top folder

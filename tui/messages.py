@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 if TYPE_CHECKING:
-    from dropflow.daemon.store import Event, Job
+    from dropflow.daemon.core.jobs import Event, Job
     from dropflow.tui.data import DaemonState, JobRow, Stats
     from dropflow.tui.folders import FolderEntry
     from dropflow.tui.preview import Preview

@@ -17,7 +17,7 @@ from dropflow.tui.widgets.folder_tree import FolderTree
 from dropflow.tui.widgets.job_table import JobTable
 
 if TYPE_CHECKING:
-    from dropflow.tui.app import DropflowApp
+    from dropflow.tui.host import AppHost
 
 HELP_NOTES = (
     "Filter (/): Enter keeps it, Esc clears it, Backspace / Ctrl+U / Ctrl+W edit it. Words: a state\n"
@@ -34,7 +34,7 @@ CANNED_FILTERS = (
 )
 
 
-def help_sections(app: DropflowApp) -> list[Section]:
+def help_sections(app: AppHost) -> list[Section]:
     """Every binding of every screen, grouped as the user meets them."""
     return [
         ("Everywhere", list(app.BINDINGS)),
@@ -44,7 +44,7 @@ def help_sections(app: DropflowApp) -> list[Section]:
     ]
 
 
-def palette_commands(app: DropflowApp) -> Iterator[SystemCommand]:
+def palette_commands(app: AppHost) -> Iterator[SystemCommand]:
     yield SystemCommand("Queue", "Show the job queue", app.action_queue)
     yield SystemCommand("Folders", "Browse inbox and outputs, preview, enqueue", app.action_folders)
     yield SystemCommand("Help: keys", "Every key of every screen", app.action_help)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dropflow.daemon.store import ACTIVE, STATUSES, TERMINAL
+from dropflow.daemon.core.jobs import ACTIVE, STATUSES, TERMINAL
 
 # rank used when sorting by status: what needs attention first
 _STATUS_RANK = ("running", "waiting", "queued", "paused", "failed", "cancelled", "succeeded")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dropflow.daemon.config import Providers
+from dropflow.daemon.core.config import Providers
 from dropflow.engine.errors import ConfigError
 from dropflow.engine.providers.base import VideoGenProvider, VisionProvider
 

@@ -20,7 +20,7 @@ from dropflow.engine.errors import AuthError, PermanentError, ProviderError, Ret
 from dropflow.engine.providers.base import ImagePart, RateLimiter
 
 if TYPE_CHECKING:
-    from dropflow.daemon.config import ProviderSettings
+    from dropflow.daemon.core.config import ProviderSettings
 
 KEY_ENV = {
     "dashscope": "DASHSCOPE_API_KEY",

@@ -27,7 +27,7 @@ from dashscope.common.error import UploadFileException
 from dashscope.utils.oss_utils import OssUtils
 from yarl import URL
 
-from dropflow.daemon.config import ProviderSettings
+from dropflow.daemon.core.config import ProviderSettings
 from dropflow.engine.errors import AuthError, InputError, PermanentError, RetryableError
 from dropflow.engine.providers.base import (
     AudioPart,

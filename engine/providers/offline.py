@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from dropflow.daemon.config import OfflineSettings
+from dropflow.daemon.core.config import OfflineSettings
 from dropflow.engine.providers.base import (
     AudioPart,
     ImagePart,

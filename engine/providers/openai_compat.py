@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any, ClassVar
 
-from dropflow.daemon.config import ProviderSettings
+from dropflow.daemon.core.config import ProviderSettings
 from dropflow.engine.providers.base import (
     AudioPart,
     ImagePart,

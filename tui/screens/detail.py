@@ -19,7 +19,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 
-from dropflow.daemon.store import Event, Job
+from dropflow.daemon.core.jobs import Event, Job
 from dropflow.tui import format as fmt
 from dropflow.tui.logtail import job_lines, log_signature
 from dropflow.tui.messages import JobLoaded, LogTailLoaded, StoreChanged
@@ -28,7 +28,7 @@ from dropflow.tui.widgets.header import STATE_COLORS, StatusHeader
 from dropflow.tui.widgets.preview import PreviewPane
 
 if TYPE_CHECKING:
-    from dropflow.tui.app import DropflowApp
+    from dropflow.tui.host import AppHost
 
 EVENT_STYLES = {"state": "bold", "error": "red", "command": "magenta", "note": "dim", "progress": "cyan"}
 
@@ -64,8 +64,8 @@ class JobDetailScreen(Screen[None]):
         self._log_sig: tuple[int, int] | None = None
 
     @property
-    def dapp(self) -> DropflowApp:
-        return cast("DropflowApp", self.app)
+    def dapp(self) -> AppHost:
+        return cast("AppHost", self.app)
 
     def compose(self) -> ComposeResult:
         yield StatusHeader()

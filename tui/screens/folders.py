@@ -22,7 +22,7 @@ from dropflow.tui.widgets.header import StatusHeader
 from dropflow.tui.widgets.preview import PreviewPane
 
 if TYPE_CHECKING:
-    from dropflow.tui.app import DropflowApp
+    from dropflow.tui.host import AppHost
 
 COUNT_EVERY = 3.0  # seconds between folder recounts driven by store changes
 
@@ -43,8 +43,8 @@ class FoldersScreen(Screen[None]):
         self._last_count = 0.0
 
     @property
-    def dapp(self) -> DropflowApp:
-        return cast("DropflowApp", self.app)
+    def dapp(self) -> AppHost:
+        return cast("AppHost", self.app)
 
     @property
     def folder_tree(self) -> FolderTree:

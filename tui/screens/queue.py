@@ -20,7 +20,7 @@ from dropflow.tui.widgets.header import StatusHeader
 from dropflow.tui.widgets.job_table import JobTable, status_text
 
 if TYPE_CHECKING:
-    from dropflow.tui.app import DropflowApp
+    from dropflow.tui.host import AppHost
 
 # keys shared by the queue and the job detail: each edits the job under the cursor / on screen
 EDIT_BINDINGS: list[BindingType] = [
@@ -54,8 +54,8 @@ class QueueScreen(Screen[None]):
         self.matching: int | None = None
 
     @property
-    def dapp(self) -> DropflowApp:
-        return cast("DropflowApp", self.app)
+    def dapp(self) -> AppHost:
+        return cast("AppHost", self.app)
 
     @property
     def table(self) -> JobTable:

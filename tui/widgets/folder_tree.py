@@ -17,7 +17,7 @@ from dropflow.tui.folders import list_folder, top_labels
 from dropflow.tui.messages import FolderCounted, FolderListed
 
 if TYPE_CHECKING:
-    from dropflow.tui.app import DropflowApp
+    from dropflow.tui.host import AppHost
 
 
 class FolderTree(Tree[Path]):
@@ -40,8 +40,8 @@ class FolderTree(Tree[Path]):
         self._loaded: set[int] = set()
 
     @property
-    def dapp(self) -> DropflowApp:
-        return cast("DropflowApp", self.app)
+    def dapp(self) -> AppHost:
+        return cast("AppHost", self.app)
 
     def on_mount(self) -> None:
         paths = self.dapp.cfg.paths

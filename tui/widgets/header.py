@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from rich.text import Text
 from textual.widget import Widget
 
-from dropflow.daemon.store import STATUSES
+from dropflow.daemon.core.jobs import STATUSES
 from dropflow.tui import format as fmt
 
 if TYPE_CHECKING:
-    from dropflow.tui.app import DropflowApp
+    from dropflow.tui.host import AppHost
 
 STATE_COLORS = {
     "queued": "",
@@ -56,8 +56,8 @@ class StatusHeader(Widget):
     WATCHED: ClassVar[tuple[str, ...]] = ("daemon", "stats", "daemon_exit")
 
     @property
-    def dapp(self) -> DropflowApp:
-        return cast("DropflowApp", self.app)
+    def dapp(self) -> AppHost:
+        return cast("AppHost", self.app)
 
     def on_mount(self) -> None:
         for name in self.WATCHED:

@@ -25,7 +25,7 @@ from dropflow.tui.query import JobQuery
 from dropflow.tui.window import Fetch, JobWindow
 
 if TYPE_CHECKING:
-    from dropflow.tui.app import DropflowApp
+    from dropflow.tui.host import AppHost
 
 STATUS_STYLES: dict[str, Style] = {
     "queued": Style(),
@@ -106,8 +106,8 @@ class JobTable(Widget, can_focus=True):
         self._last_highlight: JobRow | None = None
 
     @property
-    def dapp(self) -> DropflowApp:
-        return cast("DropflowApp", self.app)
+    def dapp(self) -> AppHost:
+        return cast("AppHost", self.app)
 
     # --- what the screen asks ----------------------------------------------------------------
 

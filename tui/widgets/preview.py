@@ -21,7 +21,7 @@ from dropflow.tui.messages import PreviewLoaded
 from dropflow.tui.preview import Preview, load_preview
 
 if TYPE_CHECKING:
-    from dropflow.tui.app import DropflowApp
+    from dropflow.tui.host import AppHost
 
 IMAGE_MODES = ("auto", "sixel", "tgp", "halfcell", "unicode", "off")
 
@@ -58,8 +58,8 @@ class PreviewPane(Vertical):
         self.current: Preview | None = None
 
     @property
-    def dapp(self) -> DropflowApp:
-        return cast("DropflowApp", self.app)
+    def dapp(self) -> AppHost:
+        return cast("AppHost", self.app)
 
     def compose(self) -> ComposeResult:
         yield Static("select a file to preview it", id="preview-title")

@@ -23,9 +23,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from dropflow.daemon.config import validation_error
-from dropflow.daemon.intake import error_sidecar
+from dropflow.daemon.core.config import validation_error
 from dropflow.engine.errors import InputError
+from dropflow.engine.files import error_sidecar
 
 PROMPT_SUFFIX = ".txt"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})

@@ -13,11 +13,12 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dropflow.engine.dataset_formats import FORMAT_NAMES
+from dropflow.engine.dataset.formats import FORMAT_NAMES
+from dropflow.engine.errors import EXIT_MISSING, EXIT_USAGE
 
 if TYPE_CHECKING:
-    from dropflow.daemon.config import Config
-    from dropflow.engine.dataset_folder import DatasetFolder
+    from dropflow.daemon.core.config import Config
+    from dropflow.engine.dataset.folder import DatasetFolder
 
 ACTIVE = ("queued", "running", "waiting", "paused")
 
@@ -65,7 +66,7 @@ def _root(cfg: Config) -> Path:
 
 
 def _folder(cfg: Config, name: str) -> DatasetFolder | None:
-    from dropflow.engine.dataset_folder import RECORDS, DatasetFolder
+    from dropflow.engine.dataset.folder import RECORDS, DatasetFolder
 
     root = _root(cfg) / name
     if "/" in name or name in ("", ".", "..") or not (root / RECORDS).is_dir():
@@ -75,8 +76,8 @@ def _folder(cfg: Config, name: str) -> DatasetFolder | None:
 
 def _pending(cfg: Config) -> dict[str, Counter[str]]:
     """Jobs of each dataset that are not finished yet, by status."""
-    from dropflow.daemon.cli import with_store
-    from dropflow.engine.dataset import DEFAULT_DATASET
+    from dropflow.daemon.core.store import with_store
+    from dropflow.engine.dataset.engine import DEFAULT_DATASET
 
     jobs = with_store(cfg, lambda s: s.list(engine="dataset", status=ACTIVE))
     out: dict[str, Counter[str]] = {}
@@ -88,7 +89,6 @@ def _pending(cfg: Config) -> dict[str, Counter[str]]:
 
 
 def _missing(cfg: Config, name: str) -> int:
-    from dropflow.daemon.cli import EXIT_MISSING
 
     known = (
         ", ".join(sorted(p.name for p in _root(cfg).iterdir() if p.is_dir())) if _root(cfg).is_dir() else ""
@@ -98,10 +98,10 @@ def _missing(cfg: Config, name: str) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from dropflow.daemon.cli import load_config
-    from dropflow.engine.dataset_folder import RECORDS
+    from dropflow.daemon.core.config import find_config, load
+    from dropflow.engine.dataset.folder import RECORDS
 
-    cfg = load_config(args)
+    cfg = load(find_config(args.config))
     pending = _pending(cfg)
     names = set(pending)
     if _root(cfg).is_dir():
@@ -134,9 +134,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from dropflow.daemon.cli import load_config
+    from dropflow.daemon.core.config import find_config, load
 
-    cfg = load_config(args)
+    cfg = load(find_config(args.config))
     folder = _folder(cfg, args.name)
     if folder is None:
         return _missing(cfg, args.name)
@@ -175,10 +175,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dropflow.daemon.cli import EXIT_USAGE, load_config
-    from dropflow.engine.dataset_formats import RenderOptions
+    from dropflow.daemon.core.config import find_config, load
+    from dropflow.engine.dataset.formats import RenderOptions
 
-    cfg = load_config(args)
+    cfg = load(find_config(args.config))
     folder = _folder(cfg, args.name)
     if folder is None:
         return _missing(cfg, args.name)

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from dropflow.daemon.store import ACTIVE, Job
+from dropflow.daemon.core.jobs import ACTIVE, Job
 from dropflow.engine import files
 from dropflow.engine.base import Done, FileEngine, JobContext, Params, Result, Wait
 from dropflow.engine.errors import (
@@ -51,7 +51,7 @@ from dropflow.engine.errors import (
     RetryableError,
 )
 from dropflow.engine.providers.base import VideoGenProvider, VideoGenRequest, VideoTask
-from dropflow.engine.videogen_job import (
+from dropflow.engine.videogen.job import (
     ALL_SUFFIXES,
     Resolution,
     Size,
@@ -163,7 +163,7 @@ async def _in_flight_jobs(ctx: JobContext, job: Job, provider: str, model: str, 
     Counted from the store, so jobs that are `waiting` (holding no worker) and jobs left by an
     earlier daemon count too. Call with `gate.lock` held.
     """
-    store = ctx.services.get("store")
+    store = ctx.tasks
     if store is None:
         return (gate.active | gate.reserved) - {job.id}
     now = time.monotonic()
@@ -359,7 +359,7 @@ class _Run:
 
     async def note(self, message: str) -> None:
         """An event in the job's history (`dropflow job N`), when the store is at hand."""
-        store = self.ctx.services.get("store")
+        store = self.ctx.tasks
         if store is not None:
             with contextlib.suppress(Exception):  # history is a nicety; never fail a job over it
                 await store.add_event(self.job.id, "note", message)
@@ -532,7 +532,7 @@ class _Run:
         self.cp.pop("since", None)
         self.cp.pop("throttled", None)
         await self.save(remote_task_id=task.task_id)
-        if self.ctx.services.get("store") is None:
+        if self.ctx.tasks is None:
             self.engine.gate(self.provider.name, prepared.model).active.add(self.job.id)
         return task
 
@@ -878,7 +878,7 @@ class VideoGenEngine(FileEngine):
         if self._names is None:
             self._names = asyncio.Lock()
         async with self._names:
-            store = run.ctx.services.get("store")
+            store = run.ctx.tasks
             if store is None:
                 taken = set(self._chosen)
             else:

@@ -12,7 +12,7 @@ Per face we run what `FaceAnalysis.get` runs, minus its per-face loop: the detec
 then ArcFace's five-point alignment (insightface's template and least-squares fit; its own
 `face_align.norm_crop` calls the `estimate` that scikit-image 0.26 deprecates, and costs more
 than the fit) and one batched `get_feat` for all faces of the photo. A loaded model is kept per daemon in
-`ctx.services`, and every call here blocks: callers run it in a worker thread.
+the cluster engine instance, and every call here blocks: callers run it in a worker thread.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 
 from dropflow.engine.errors import DropflowError, InputError, ModelMissingError
 
-log = logging.getLogger("dropflow.engine.cluster")
+log = logging.getLogger("dropflow.engine.cluster.engine")
 
 ALLOWED_MODULES = ["detection", "recognition"]
 THUMB = 112  # contact-sheet crop size, pixels
@@ -304,12 +304,16 @@ def detect_photos(
                 return
 
 
-MODELS_KEY = "cluster.face_models"
-LOCK_KEY = "cluster.face_models.lock"
+class ModelCache:
+    """Loaded face models of one daemon, by (root, pack, device): loaded once, shared by its jobs."""
+
+    def __init__(self) -> None:
+        self.models: dict[tuple[str, str, str], FaceModel] = {}
+        self.lock = asyncio.Lock()
 
 
 async def get_model(
-    services: dict[str, Any],
+    cache: ModelCache,
     root: Path,
     pack: str,
     *,
@@ -322,12 +326,10 @@ async def get_model(
         ModelMissingError: see `FaceModel.load`; a failure is not cached, so a pack installed
         later is picked up by the next job.
     """
-    models: dict[tuple[str, str, str], FaceModel] = services.setdefault(MODELS_KEY, {})
-    lock: asyncio.Lock = services.setdefault(LOCK_KEY, asyncio.Lock())
     key = (str(root), pack, device)
-    async with lock:
-        if key not in models:
-            models[key] = await asyncio.to_thread(
+    async with cache.lock:
+        if key not in cache.models:
+            cache.models[key] = await asyncio.to_thread(
                 FaceModel.load, root, pack, device=device, download=download
             )
-        return models[key]
+        return cache.models[key]

@@ -35,8 +35,8 @@ from pydantic import Field, field_validator
 
 from dropflow.engine import files
 from dropflow.engine.base import Done, FileEngine, JobContext, Params, Wait
-from dropflow.engine.dataset_folder import RENDER_WAIT, DatasetFolder, RenderCoalescer
-from dropflow.engine.dataset_formats import (
+from dropflow.engine.dataset.folder import RENDER_WAIT, DatasetFolder, RenderCoalescer
+from dropflow.engine.dataset.formats import (
     FORMAT_NAMES,
     FailedItem,
     FormatName,
@@ -58,9 +58,9 @@ from dropflow.engine.media import IMAGE_EXTENSIONS
 from dropflow.engine.providers.base import ImagePart, TextPart, Usage, VisionProvider, VisionRequest
 
 if TYPE_CHECKING:
-    from dropflow.daemon.store import Job
+    from dropflow.daemon.core.jobs import Job
 
-log = logging.getLogger("dropflow.engine.dataset")
+log = logging.getLogger("dropflow.engine.dataset.engine")
 
 DEFAULT_DATASET = "default"  # images dropped straight into inbox/dataset/
 DEFAULT_SYSTEM_PROMPT_FILE = "dataset_caption_system.txt"
@@ -605,10 +605,10 @@ class DatasetEngine(FileEngine):
 
         Raises InputError (unsafe or unreadable ZIP, no images), ConfigError (no job store).
         """
-        from dropflow.daemon.store import NewJob, Store
+        from dropflow.daemon.core.jobs import NewJob
 
-        store = ctx.services.get("store")
-        if not isinstance(store, Store):
+        store = ctx.spawner
+        if store is None:
             raise ConfigError(
                 "unpacking a ZIP needs the daemon's job store",
                 hint="drop the ZIP into the inbox of a running daemon",

@@ -34,8 +34,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dropflow.engine import files
-from dropflow.engine.answer_cache import AnswerCache, request_key
-from dropflow.engine.asr import clock
+from dropflow.engine.annotate.answer_cache import AnswerCache, request_key
+from dropflow.engine.annotate.asr import clock
 from dropflow.engine.base import Done, FileEngine, JobContext, Params
 from dropflow.engine.errors import (
     ConfigError,
@@ -57,9 +57,9 @@ from dropflow.engine.providers.base import (
 )
 
 if TYPE_CHECKING:
-    from dropflow.daemon.store import Job
-    from dropflow.engine.asr import Soundtrack, Transcript
-    from dropflow.engine.frames import Frame, Sampling
+    from dropflow.daemon.core.jobs import Job
+    from dropflow.engine.annotate.asr import Soundtrack, Transcript
+    from dropflow.engine.annotate.frames import Frame, Sampling
 
 T = TypeVar("T")
 
@@ -73,7 +73,6 @@ _VARIABLE_RE = re.compile(r"\{(" + "|".join(TEMPLATE_VARIABLES) + r")\}")
 
 # share of the progress bar per stage (sampling is local work and fast; requests dominate)
 P_SAMPLING, P_SPEECH, P_SEGMENTS, P_SUMMARY = 0.30, 0.40, 0.90, 0.97
-DECODE_SLOTS = "annotate.decode_slots"  # key in ctx.services
 PROGRESS_SECONDS = 0.3  # how often a long local stage (sampling) reports
 
 
@@ -216,7 +215,7 @@ def load_roles(path: Path) -> list[Role]:
     Raises:
         ConfigError: not YAML, or not roles (naming the file, the key and the line).
     """
-    from dropflow.daemon.config import validation_error
+    from dropflow.daemon.core.config import validation_error
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -420,6 +419,12 @@ class AnnotateEngine(FileEngine):
         True  # answers are cached per request: a rerun pays only what is missing
     )
 
+    def __init__(self) -> None:
+        # Decoding is CPU-bound: jobs of one daemon (which keeps one engine instance) decode at
+        # most one video per core at a time. Twenty jobs decoding at once on two cores finish no
+        # sooner in total, but every one of them finishes late, and their requests wait for it.
+        self.decode_slots = asyncio.Semaphore(os.cpu_count() or 1)
+
     def inputs_for(self, path: Path) -> list[Path] | None:
         """The video, then its `<video>.roles.yaml` and `<video>.extra.txt` when present (archived with it)."""
         if path.suffix.lower() not in self.extensions:
@@ -431,7 +436,7 @@ class AnnotateEngine(FileEngine):
         """Raises InputError (missing/oversized/unreadable video, zero frames, bad photo), ConfigError
         (missing prompt, bad sidecar), provider errors (AuthError on 401, RetryableError on 429/5xx),
         JobCancelled."""
-        run = _Run(job, ctx, AnnotateParams.model_validate(job.params))
+        run = _Run(job, ctx, AnnotateParams.model_validate(job.params), self.decode_slots)
         try:
             return await run.run()
         except DropflowError as exc:
@@ -443,8 +448,11 @@ class AnnotateEngine(FileEngine):
 class _Run:
     """The state of one job's run: its params, provider, cache and the answers it used."""
 
-    def __init__(self, job: Job, ctx: JobContext, params: AnnotateParams) -> None:
+    def __init__(
+        self, job: Job, ctx: JobContext, params: AnnotateParams, decode_slots: asyncio.Semaphore
+    ) -> None:
         self.job = job
+        self.decode_slots = decode_slots
         self.ctx = ctx
         self.p = params
         self.video = Path(job.input_path)
@@ -575,17 +583,6 @@ class _Run:
             extra = f"{extra}\n{text}".strip()
         return roles, extra
 
-    def _decode_slots(self) -> asyncio.Semaphore:
-        """Decoding is CPU-bound: jobs of one daemon decode at most one video per core at a time.
-
-        Twenty jobs decoding at once on two cores finish no sooner in total, but every one of them
-        finishes late, and their requests wait for it.
-        """
-        slots = self.ctx.services.get(DECODE_SLOTS)
-        if slots is None:
-            slots = self.ctx.services[DECODE_SLOTS] = asyncio.Semaphore(os.cpu_count() or 1)
-        return slots
-
     async def _in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking decode work in a thread (under the decode slots) that stops, through
         `should_stop`, when this task is cancelled."""
@@ -594,7 +591,7 @@ class _Run:
         def should_stop() -> bool:
             return stop or self.ctx.cancelled
 
-        async with self._decode_slots():
+        async with self.decode_slots:
             task = asyncio.ensure_future(asyncio.to_thread(fn, *args, should_stop=should_stop, **kwargs))
             try:
                 return await asyncio.shield(task)
@@ -604,7 +601,7 @@ class _Run:
                 raise
 
     async def _sample(self) -> Sampling:
-        from dropflow.engine.frames import SampleSpec, sample_frames
+        from dropflow.engine.annotate.frames import SampleSpec, sample_frames
 
         p, ctx = self.p, self.ctx
         spec = SampleSpec(
@@ -636,7 +633,7 @@ class _Run:
 
     async def _speech(self, needed: bool) -> tuple[Transcript | None, str]:
         """The transcript (None when not needed, off, impossible or silent) and a note saying which."""
-        from dropflow.engine.asr import Transcript, chunk_request, extract_soundtrack, transcript
+        from dropflow.engine.annotate.asr import Transcript, chunk_request, extract_soundtrack, transcript
 
         p, ctx = self.p, self.ctx
         assert self.provider is not None

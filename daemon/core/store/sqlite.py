@@ -15,114 +15,30 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
-from dropflow.daemon.schema import MIGRATIONS
+from dropflow.daemon.core.jobs import (
+    STATUSES,
+    TERMINAL,
+    Event,
+    InsertResult,
+    Job,
+    NewJob,
+    StoreError,
+)
+from dropflow.daemon.core.store.migrations import MIGRATIONS
 
-STATUSES = ("queued", "running", "waiting", "paused", "succeeded", "failed", "cancelled")
-ACTIVE = ("queued", "running", "waiting", "paused")
-TERMINAL = ("succeeded", "failed", "cancelled")
+if TYPE_CHECKING:
+    from dropflow.daemon.core.config import Config
+
+T = TypeVar("T")
+
 BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another process's write lock
-
-
-@dataclass
-class NewJob:
-    engine: str
-    route: str
-    input_path: str
-    content_hash: str
-    input_paths: list[str] = field(default_factory=list)
-    batch: str = ""
-    source: str = "inbox"
-    provider: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    priority: int = 0
-    max_attempts: int = 5
-    forced: bool = False
-    status: str = "queued"
-    error: dict[str, Any] | None = None
-
-
-@dataclass
-class Job:
-    id: int
-    engine: str
-    route: str
-    batch: str
-    source: str
-    input_path: str
-    input_paths: list[str]
-    content_hash: str
-    forced: bool
-    provider: str | None
-    params: dict[str, Any]
-    priority: int
-    status: str
-    control: str | None
-    attempts: int
-    max_attempts: int
-    next_attempt_at: float | None
-    lease_owner: str | None
-    lease_expires_at: float | None
-    progress: float
-    progress_message: str
-    outputs: list[str]
-    error_kind: str | None
-    error_message: str | None
-    error_hint: str | None
-    remote_task_id: str | None
-    checkpoint: dict[str, Any]
-    usage: dict[str, Any]
-    tokens_in: int
-    tokens_out: int
-    archived_path: str | None
-    created_at: float
-    updated_at: float
-    started_at: float | None
-    finished_at: float | None
-
-    @property
-    def error(self) -> dict[str, Any] | None:
-        if self.error_kind is None:
-            return None
-        return {"kind": self.error_kind, "message": self.error_message or "", "hint": self.error_hint or ""}
-
-    def as_dict(self) -> dict[str, Any]:
-        """The stable shape of `dropflow jobs --json` / `job --json`."""
-        return {
-            "id": self.id,
-            "engine": self.engine,
-            "route": self.route,
-            "batch": self.batch,
-            "status": self.status,
-            "input": self.input_path,
-            "inputs": self.input_paths,
-            "source": self.source,
-            "provider": self.provider,
-            "params": self.params,
-            "priority": self.priority,
-            "progress": round(self.progress, 4),
-            "progress_message": self.progress_message,
-            "attempts": self.attempts,
-            "max_attempts": self.max_attempts,
-            "next_attempt_at": self.next_attempt_at,
-            "outputs": self.outputs,
-            "error": self.error,
-            "remote_task_id": self.remote_task_id,
-            "usage": self.usage,
-            "archived_path": self.archived_path,
-            "content_hash": self.content_hash,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-        }
 
 
 _JSON_COLS = {"input_paths", "params", "outputs", "checkpoint", "usage"}
@@ -134,26 +50,6 @@ def _job(row: aiosqlite.Row) -> Job:
         data[k] = json.loads(data[k])
     data["forced"] = bool(data["forced"])
     return Job(**data)
-
-
-@dataclass(frozen=True)
-class InsertResult:
-    job_id: int
-    created: bool  # False: deduplicated onto an existing job
-
-
-@dataclass(frozen=True)
-class Event:
-    id: int
-    job_id: int | None
-    at: float
-    kind: str
-    message: str
-    data: dict[str, Any]
-
-
-class StoreError(Exception):
-    pass
 
 
 def owner_id() -> str:
@@ -964,3 +860,13 @@ def _statements(ddl: str) -> builtins.list[str]:
     if tail:
         out.append(tail)
     return out
+
+
+def with_store(cfg: Config, fn: Callable[[Store], Awaitable[T]]) -> T:
+    """Run `fn(store)` on the config's database in a fresh event loop (for sync commands)."""
+
+    async def go() -> T:
+        async with Store.open(cfg.paths.database) as store:
+            return await fn(store)
+
+    return asyncio.run(go())

@@ -21,7 +21,6 @@ M = TypeVar("M", bound="BaseModel")
 
 CONFIG_ENV = "DROPFLOW_CONFIG"
 DEFAULT_CONFIG_NAME = "config.yaml"
-FOLDER_OVERRIDE_NAME = "dropflow.yaml"
 
 
 class _Model(BaseModel):

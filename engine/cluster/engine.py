@@ -29,6 +29,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -42,11 +43,11 @@ from dropflow.engine.errors import ConfigError, InputError, JobCancelled
 from dropflow.engine.media import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 
 if TYPE_CHECKING:
-    from dropflow.daemon.store import Job
-    from dropflow.engine.faces import DetectOptions, PhotoResult
-    from dropflow.engine.persons import JournalEntry, Person, Persons, Plan
+    from dropflow.daemon.core.jobs import Job
+    from dropflow.daemon.core.persons import JournalEntry, Person, PersonsRepository, Plan
+    from dropflow.engine.cluster.faces import DetectOptions, ModelCache, PhotoResult
 
-log = logging.getLogger("dropflow.engine.cluster")
+log = logging.getLogger("dropflow.engine.cluster.engine")
 
 UNSORTED, NO_FACES, UNREADABLE, SHEETS = "unsorted", "no_faces", "unreadable", "contact_sheets"
 REPORT = "clusters.json"
@@ -143,7 +144,7 @@ def collect(unit: Path, staging: Path, exclude: Sequence[str]) -> Source:
     Raises:
         InputError: the unit is gone, or the ZIP is unreadable or unsafe.
     """
-    from dropflow.daemon.router import is_ignored_name
+    from dropflow.engine.files import is_ignored_name
     from dropflow.engine.media import safe_unzip
 
     if not unit.exists():
@@ -190,7 +191,7 @@ class Detections:
         self.folder = folder
 
     def load(self) -> dict[str, PhotoResult]:
-        from dropflow.engine.faces import Face, PhotoResult
+        from dropflow.engine.cluster.faces import Face, PhotoResult
 
         out: dict[str, PhotoResult] = {}
         if not self.folder.is_dir():
@@ -245,7 +246,7 @@ def _detect_chunk(
     number: int,
     should_stop: Any,
 ) -> int:
-    from dropflow.engine.faces import detect_photos
+    from dropflow.engine.cluster.faces import detect_photos
 
     results = list(detect_photos(model, items, options, should_stop))
     store.save(number, results)
@@ -287,8 +288,8 @@ def make_plan(
     params: ClusterParams,
 ) -> Plan:
     """Who is who, and where every photo goes (blocking; the clustering runs here)."""
-    from dropflow.engine import clustering
-    from dropflow.engine.persons import Plan, PlannedFace, PlannedPerson, PlannedPhoto
+    from dropflow.daemon.core.persons import Plan, PlannedFace, PlannedPerson, PlannedPhoto
+    from dropflow.engine.cluster import clustering
 
     photos = [(key, path, results[key]) for key, path in source.photos if key in results]
     owner = np.array([i for i, (_, _, r) in enumerate(photos) for _ in r.faces], dtype=np.int64)
@@ -474,7 +475,7 @@ def _step() -> None:
 
 def write_markers(persons: Sequence[Person], batch_dir: Path, batch: str) -> None:
     """A hidden file in each person's folder says whose it is, so a rename by hand is recognised."""
-    from dropflow.engine.persons import MARKER
+    from dropflow.daemon.core.persons import MARKER
 
     for p in persons:
         folder = batch_dir / p.folder
@@ -485,7 +486,7 @@ def write_markers(persons: Sequence[Person], batch_dir: Path, batch: str) -> Non
 
 def detect_renames(persons: Sequence[Person], batch_dir: Path) -> dict[int, str | None]:
     """Person folders renamed by hand since the last run: {person id: new name} (blocking)."""
-    from dropflow.engine.persons import MARKER, check_folder_name, default_folder
+    from dropflow.daemon.core.persons import MARKER, check_folder_name, default_folder
 
     by_id = {p.id: p for p in persons}
     taken = {p.folder for p in persons}
@@ -595,6 +596,12 @@ class ClusterEngine:
     supports_cancel: ClassVar[bool] = True
     supports_resume: ClassVar[bool] = True
 
+    def __init__(self) -> None:
+        # shared by every job of the daemon (the router keeps one engine instance)
+        self._models: ModelCache | None = None  # created on first use: faces loads onnxruntime
+        self._batch_locks: dict[str, asyncio.Lock] = {}  # jobs of one batch plan and file one at a time
+        self._warm: Future[None] | None = None
+
     def inputs_for(self, path: Path) -> list[Path] | None:
         """A folder is a unit (the router asks only for files): a `.zip` directly in the route folder."""
         if path.is_dir() or path.suffix.lower() == ".zip":
@@ -602,19 +609,16 @@ class ClusterEngine:
         return None
 
     async def run(self, job: Job, ctx: JobContext) -> Done:
-        from dropflow.engine.persons import Persons
-
         params = ClusterParams.model_validate(job.params)
-        store = ctx.services.get("store")
-        if store is None:
+        repo = ctx.persons
+        if repo is None:
             raise ConfigError("the cluster engine needs the daemon's store", hint="run it through the daemon")
-        repo = Persons(store)
         batch = batch_name(job.batch, job.input_path, params.into)
         batch_dir = ctx.output_dir / batch
         unit = Path(job.input_path)
         if unit.name.casefold() in {e.casefold() for e in params.exclude_folders}:
             return Done([], message=f"{unit.name} is an excluded folder: left as it is", archive_input=False)
-        warm = _warm_clustering(ctx.services)
+        warm = self._warm_clustering()
         source = None
         if await repo.phase(job.id) is None:
             try:
@@ -633,12 +637,23 @@ class ClusterEngine:
                 return Done([], message="nothing to cluster: no photos", archive_input=_is_zip(unit))
             await ctx.progress(0.86, "clustering")
         # one job of a batch at a time from here: its persons, file names and folders
-        async with _batch_lock(ctx.services, batch):
+        async with self._batch_locks.setdefault(batch, asyncio.Lock()):
             if source is not None and await repo.phase(job.id) is None:
                 await self._plan(job, ctx, repo, params, batch, batch_dir, source, warm)
             if await repo.phase(job.id) == "distribute":
                 await self._distribute(job, ctx, repo, batch, batch_dir)
             return await self._finish(job, ctx, repo, batch, batch_dir, params)
+
+    def _warm_clustering(self) -> Future[None]:
+        """Load the clustering kernels once per daemon, in the background, while faces are detected."""
+        fut = self._warm
+        if fut is None or (fut.done() and fut.exception() is not None):
+            from dropflow.engine.cluster import clustering
+
+            pool = ThreadPoolExecutor(1, thread_name_prefix="dropflow-warm")
+            fut = self._warm = pool.submit(clustering.warm_up)
+            pool.shutdown(wait=False)
+        return fut
 
     def _workdir(self, ctx: JobContext, job: Job) -> Path:
         """The job's own folder under the state folder: detection chunks, the unpacked ZIP."""
@@ -646,7 +661,7 @@ class ClusterEngine:
 
     async def _detect(self, job: Job, ctx: JobContext, params: ClusterParams) -> Source | None:
         """Collect the unit's photos and analyse those not done before a restart."""
-        from dropflow.engine.faces import DetectOptions, default_root, get_model
+        from dropflow.engine.cluster.faces import DetectOptions, ModelCache, default_root, get_model
 
         unit = Path(job.input_path)
         store = Detections(self._workdir(ctx, job) / DETECTIONS)
@@ -660,8 +675,10 @@ class ClusterEngine:
             return None  # nothing is removed: an empty folder may be one the user is about to fill
         todo = [(k, p) for k, p in source.photos if k not in done]
         if todo:
+            if self._models is None:
+                self._models = ModelCache()
             model = await get_model(
-                ctx.services,
+                self._models,
                 _model_root(params, default_root),
                 params.model_pack,
                 device=params.device,
@@ -686,7 +703,7 @@ class ClusterEngine:
         self,
         job: Job,
         ctx: JobContext,
-        repo: Persons,
+        repo: PersonsRepository,
         params: ClusterParams,
         batch: str,
         batch_dir: Path,
@@ -709,7 +726,7 @@ class ClusterEngine:
                 "job %d: %d photo(s) were taken by another job", job.id, len(source.photos) - len(present)
             )
         source.photos = present
-        next_seq = await _next_seq(repo, batch)
+        next_seq = await repo.next_seq(batch)
         plan = await asyncio.to_thread(
             make_plan, job.id, batch, batch_dir, source, results, known, next_seq, params
         )
@@ -722,7 +739,7 @@ class ClusterEngine:
         await ctx.save({"phase": "distribute", "batch": batch})
 
     async def _distribute(
-        self, job: Job, ctx: JobContext, repo: Persons, batch: str, batch_dir: Path
+        self, job: Job, ctx: JobContext, repo: PersonsRepository, batch: str, batch_dir: Path
     ) -> None:
         entries = await repo.journal(job.id)
         move = bool((await repo.run_info(job.id)).get("summary", {}).get("move", True))
@@ -744,7 +761,13 @@ class ClusterEngine:
             await ctx.progress(0.88 + 0.08 * min(total, s + MOVE_CHUNK) / total, "filing photos")
 
     async def _finish(
-        self, job: Job, ctx: JobContext, repo: Persons, batch: str, batch_dir: Path, params: ClusterParams
+        self,
+        job: Job,
+        ctx: JobContext,
+        repo: PersonsRepository,
+        batch: str,
+        batch_dir: Path,
+        params: ClusterParams,
     ) -> Done:
         await ctx.progress(0.97, "contact sheets")
         info = await repo.run_info(job.id)
@@ -779,7 +802,7 @@ class ClusterEngine:
 
 
 async def refresh_batch(
-    repo: Persons, batch: str, batch_dir: Path, folders: set[str], sheet_faces: int = 36
+    repo: PersonsRepository, batch: str, batch_dir: Path, folders: set[str], sheet_faces: int = 36
 ) -> Path:
     """Re-render the contact sheets of `folders` (and any missing one), the overview and
     clusters.json from the database; returns the clusters.json path."""
@@ -813,30 +836,3 @@ def _remove_stale_sheets(sheets: Path, folders: set[str]) -> None:
     for f in sheets.glob("*.jpg"):
         if f.stem != "overview" and f.stem not in folders:
             f.unlink(missing_ok=True)
-
-
-async def _next_seq(repo: Persons, batch: str) -> int:
-    cur = await repo.db.execute("SELECT COALESCE(MAX(seq), 0) FROM cluster_persons WHERE batch = ?", (batch,))
-    row = await cur.fetchone()
-    return int(row[0]) + 1 if row else 1
-
-
-def _batch_lock(services: dict[str, Any], batch: str) -> asyncio.Lock:
-    """Jobs of one batch plan and file one at a time (their detection may overlap)."""
-    locks: dict[str, asyncio.Lock] = services.setdefault("cluster.batch_locks", {})
-    return locks.setdefault(batch, asyncio.Lock())
-
-
-def _warm_clustering(services: dict[str, Any]) -> Any:
-    """Load the clustering kernels once per daemon, in the background, while faces are detected."""
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    fut: Future[None] | None = services.get("cluster.warm")
-    if fut is None or (fut.done() and fut.exception() is not None):
-        from dropflow.engine import clustering
-
-        pool = ThreadPoolExecutor(1, thread_name_prefix="dropflow-warm")
-        fut = pool.submit(clustering.warm_up)
-        pool.shutdown(wait=False)
-        services["cluster.warm"] = fut
-    return fut

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dropflow.engine import files
-from dropflow.engine.dataset_formats import (
+from dropflow.engine.dataset.formats import (
     FORMAT_FILES,
     FORMAT_NAMES,
     IMAGEFOLDER_DIR,
@@ -43,7 +43,7 @@ from dropflow.engine.dataset_formats import (
     summarize,
 )
 
-log = logging.getLogger("dropflow.engine.dataset")
+log = logging.getLogger("dropflow.engine.dataset.engine")
 
 RENDER_MAX_DELAY = 1.0  # while items stream in, the files are rewritten at least this often
 RENDER_WAIT = 1.0  # a guard (see RenderCoalescer) comes back after this long

@@ -1,127 +1,29 @@
-"""Persons of cluster batches in SQLite: a small repository over the daemon's store connection.
+"""Persons of cluster batches in SQLite: the repository over the daemon's store connection.
 
-Tables (migration 2 in `dropflow.daemon.schema`): `cluster_persons` (one row per person, with
-the running mean of its embeddings, so later photos can join it), `cluster_runs` (one per job:
-its phase), `cluster_photos` (every photo of a run and its destinations: the distribution
-journal) and `cluster_faces` (every face, its person and the photo's file in that person's
-folder). A run's persons, photos and faces are written in one transaction: a job either has its
-whole plan or none of it.
-
-Folder names: a person's folder is `name` when the user gave one, else `person_<seq>`; the
-folder itself carries a marker file with the person's id, so a rename by hand is noticed.
+Implements `dropflow.daemon.core.persons.PersonsRepository`; see there for the tables.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dropflow.engine.errors import InputError
+from dropflow.daemon.core.persons import (
+    ACTIVE_JOB,
+    JournalEntry,
+    Person,
+    Plan,
+)
 
 if TYPE_CHECKING:
-    from dropflow.daemon.store import Store
-
-RESERVED = frozenset({"unsorted", "no_faces", "unreadable", "contact_sheets", "clusters.json"})
-MARKER = ".dropflow-person"
-ACTIVE_JOB = ("queued", "running", "waiting", "paused")
+    from dropflow.daemon.core.store.sqlite import Store
 
 
-def default_folder(seq: int) -> str:
-    return f"person_{seq:03d}"
-
-
-def check_folder_name(name: str) -> str:
-    """A person's folder name as the user gave it, validated.
-
-    Raises:
-        InputError: empty, a path, hidden, too long, or one of the batch's own folder names.
-    """
-    clean = name.strip()
-    if (
-        not clean
-        or clean in (".", "..")
-        or clean.startswith(".")
-        or re.search(r"[/\\\x00]", clean)
-        or len(clean.encode()) > 200
-    ):
-        raise InputError(
-            f"{name!r} cannot be a folder name", hint="use a plain name: no '/', not starting with '.'"
-        )
-    if clean.lower() in RESERVED or re.fullmatch(r"person_\d+", clean):
-        raise InputError(f"{clean!r} is reserved in a cluster batch", hint="choose another name")
-    return clean
-
-
-@dataclass
-class Person:
-    id: int
-    batch: str
-    seq: int
-    name: str | None
-    mean: np.ndarray
-    faces: int
-    photos: int = 0
-
-    @property
-    def folder(self) -> str:
-        return self.name or default_folder(self.seq)
-
-
-@dataclass
-class PlannedFace:
-    idx: int
-    box: Sequence[float]
-    score: float
-    person: int | None  # an existing person's id (> 0), a new person's key (< 0), or None (noise)
-    file: str | None  # the photo's file name in that person's folder
-    thumb: bytes | None
-
-
-@dataclass
-class PlannedPhoto:
-    photo: str
-    source: str
-    status: str  # person | unsorted | no_faces | unreadable
-    dests: list[str]  # relative to the batch folder
-    size: tuple[int, int] | None
-    error: str | None
-    faces: list[PlannedFace] = field(default_factory=list)
-
-
-@dataclass
-class PlannedPerson:
-    ref: int  # existing id (> 0) or new key (< 0)
-    seq: int
-    mean: np.ndarray
-    faces: int
-
-
-@dataclass
-class Plan:
-    job_id: int
-    batch: str
-    source: str
-    persons: list[PlannedPerson]
-    photos: list[PlannedPhoto]
-    summary: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class JournalEntry:
-    id: int
-    photo: str
-    source: str
-    status: str
-    dests: list[str]
-
-
-class Persons:
+class SqlitePersons:
     """Reads and writes the cluster tables through the store's connection and write lock."""
 
     def __init__(self, store: Store) -> None:
@@ -151,6 +53,14 @@ class Persons:
             for p in out:
                 p.photos = counts.get(p.id, 0)
         return out
+
+    async def next_seq(self, batch: str) -> int:
+        """The number the batch's next new person gets (`person_<seq>`)."""
+        cur = await self.db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM cluster_persons WHERE batch = ?", (batch,)
+        )
+        row = await cur.fetchone()
+        return int(row[0]) + 1 if row else 1
 
     async def person(self, batch: str, person_id: int) -> Person | None:
         return next((p for p in await self.persons(batch) if p.id == person_id), None)

@@ -18,12 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from dropflow.daemon.config import Config
-    from dropflow.daemon.store import Store
-    from dropflow.engine.persons import Persons
+from dropflow.engine.errors import EXIT_MISSING, EXIT_OK, EXIT_STATE, EXIT_USAGE
 
-EXIT_OK, EXIT_USAGE, EXIT_MISSING, EXIT_STATE = 0, 2, 4, 5
+if TYPE_CHECKING:
+    from dropflow.daemon.core.config import Config
+    from dropflow.daemon.core.store import Store
+    from dropflow.daemon.core.store.persons import SqlitePersons
+
 ACTIONS = ("list", "rename", "merge")
 
 
@@ -51,11 +52,12 @@ def _usage(message: str) -> int:
 
 
 def cmd_persons(args: argparse.Namespace) -> int:
-    from dropflow.daemon.cli import load_config, with_store
+    from dropflow.daemon.core.config import find_config, load
+    from dropflow.daemon.core.store import with_store
 
     words = list(args.words)
     action = words.pop(0) if words and words[0] in ACTIONS else "list"
-    cfg = load_config(args)
+    cfg = load(find_config(args.config))
     if action == "list":
         if len(words) > 1:
             return _usage("list takes one BATCH")
@@ -74,9 +76,9 @@ def _batch_dir(cfg: Config, batch: str) -> Path:
 
 
 async def _list(store: Store, cfg: Config, batch: str | None, as_json: bool) -> int:
-    from dropflow.engine.persons import Persons
+    from dropflow.daemon.core.store.persons import SqlitePersons
 
-    repo = Persons(store)
+    repo = SqlitePersons(store)
     if batch is None:
         rows = await repo.batches()
         if as_json:
@@ -113,9 +115,9 @@ async def _list(store: Store, cfg: Config, batch: str | None, as_json: bool) -> 
     return EXIT_OK
 
 
-async def _busy(repo: Persons, batch: str) -> list[int]:
+async def _busy(repo: SqlitePersons, batch: str) -> list[int]:
     """Jobs of this batch that are running or still have photos to file."""
-    from dropflow.engine.cluster import batch_name
+    from dropflow.engine.cluster.engine import batch_name
 
     busy = set(await repo.unfinished_runs(batch))
     for j in await repo.active_cluster_jobs():
@@ -148,10 +150,10 @@ def _outcome(outcome: str, batch: str, person_ids: Sequence[int], busy: Sequence
 
 
 async def _rename(store: Store, cfg: Config, batch: str, person_id: int, name: str) -> int:
-    from dropflow.engine.persons import Persons
+    from dropflow.daemon.core.store.persons import SqlitePersons
 
     root = _batch_dir(cfg, batch)
-    busy = await _busy(Persons(store), batch)
+    busy = await _busy(SqlitePersons(store), batch)
     outcome, old = await rename_person(store, root, batch, person_id, name)
     if outcome != "renamed":
         return _outcome(outcome, batch, [person_id], busy)
@@ -160,12 +162,12 @@ async def _rename(store: Store, cfg: Config, batch: str, person_id: int, name: s
 
 
 async def _merge(store: Store, cfg: Config, batch: str, keep_id: int, other_id: int) -> int:
-    from dropflow.engine.persons import Persons
+    from dropflow.daemon.core.store.persons import SqlitePersons
 
     if keep_id == other_id:
         return _usage("KEEP and OTHER are the same person")
     root = _batch_dir(cfg, batch)
-    busy = await _busy(Persons(store), batch)
+    busy = await _busy(SqlitePersons(store), batch)
     outcome, photos = await merge_persons(store, root, batch, keep_id, other_id)
     if outcome != "merged":
         return _outcome(outcome, batch, [keep_id, other_id], busy)
@@ -187,11 +189,12 @@ async def rename_person(
     """
     import asyncio
 
-    from dropflow.engine.cluster import SHEETS, refresh_batch
-    from dropflow.engine.persons import Persons, check_folder_name
+    from dropflow.daemon.core.persons import check_folder_name
+    from dropflow.daemon.core.store.persons import SqlitePersons
+    from dropflow.engine.cluster.engine import SHEETS, refresh_batch
 
     clean = check_folder_name(name)
-    repo = Persons(store)
+    repo = SqlitePersons(store)
     if await _busy(repo, batch):
         return "busy", ""
     person = await repo.person(batch, person_id)
@@ -222,10 +225,11 @@ async def merge_persons(
     """
     import asyncio
 
-    from dropflow.engine.cluster import SHEETS, refresh_batch
-    from dropflow.engine.persons import MARKER, Persons
+    from dropflow.daemon.core.persons import MARKER
+    from dropflow.daemon.core.store.persons import SqlitePersons
+    from dropflow.engine.cluster.engine import SHEETS, refresh_batch
 
-    repo = Persons(store)
+    repo = SqlitePersons(store)
     if await _busy(repo, batch):
         return "busy", 0
     keep = await repo.person(batch, keep_id)

@@ -1,0 +1,5 @@
+"""The SQLite job store (WAL, busy_timeout, versioned migrations), split by concern."""
+
+from dropflow.daemon.core.store.sqlite import Store, owner_alive, owner_id, with_store
+
+__all__ = ["Store", "owner_alive", "owner_id", "with_store"]

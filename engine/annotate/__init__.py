@@ -1,0 +1,1 @@
+"""Video annotation: frames sampled from a video, described by a vision model, summarised."""

@@ -1,0 +1,1 @@
+"""Face clustering: InsightFace detection and embeddings, HDBSCAN, photos filed per person."""

@@ -1,0 +1,1 @@
+"""Fine-tuning datasets: a vision model describes each image; records in five training formats."""
