@@ -51,7 +51,16 @@ class Intake:
         if not plans:
             return []
         known = {unit: digest for _r, unit, _s, digest in ready if digest is not None}
-        todo = [p for plan in plans for p in [plan.path, *plan.inputs[1:]] if p not in known]
+        for plan in plans:
+            if plan.linked_out:  # never read: a unique key, so each drop of it fails on its own
+                known[plan.path] = f"link:{plan.path}:{time.time_ns()}"
+        todo = [
+            p
+            for plan in plans
+            if not plan.linked_out
+            for p in [plan.path, *plan.inputs[1:]]
+            if p not in known
+        ]
         hashes: dict[Path, str | OSError] = dict(known)
         hashes.update(await asyncio.to_thread(_hash_all, todo))
         new_jobs = []
@@ -91,7 +100,7 @@ class Intake:
             if res.created:
                 created.append(res.job_id)
                 if nj.status == "failed" and nj.error:
-                    write_error_sidecar(Path(nj.input_path), nj.error)
+                    write_error_sidecar(Path(nj.input_path), nj.error, res.job_id)
                     log.error("job %d failed at intake: %s", res.job_id, nj.error["message"])
                 continue
             await self._duplicate(res.job_id, nj)
@@ -146,16 +155,14 @@ class Intake:
         return primary
 
 
-def write_error_sidecar(path: Path, error: dict[str, object]) -> None:
+def write_error_sidecar(path: Path, error: dict[str, object], job_id: int) -> None:
     """Leave the reason beside a failed input, where the user dropped it."""
     if not path.parent.exists():
         return
     text = f"dropflow could not process {path.name}\n\nerror ({error.get('kind')}): {error.get('message')}\n"
     if error.get("hint"):
         text += f"fix: {error.get('hint')}\n"
-    text += (
-        "\nRetry with `dropflow retry ID` (see `dropflow jobs --status failed`), or drop the file again.\n"
-    )
+    text += f"\nThis was job {job_id}. Retry with `dropflow retry {job_id}`, or drop the file again.\n"
     try:
         files.write_text(error_sidecar(path), text)
     except OSError as exc:  # a read-only inbox must not take the daemon down

@@ -18,8 +18,9 @@ from pydantic import ValidationError
 from dropflow.daemon.core.config import Config, Route, line_of, load_override
 from dropflow.engine import registry
 from dropflow.engine.base import Engine
-from dropflow.engine.errors import ConfigError, DropflowError
-from dropflow.engine.files import FOLDER_OVERRIDE_NAME, is_ignored_name
+from dropflow.engine.errors import ConfigError, DropflowError, InputError
+from dropflow.engine.files import FOLDER_OVERRIDE_NAME, check_inside, is_ignored_name
+from dropflow.engine.providers import resolve_default
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Unit:
     error: DropflowError | None = None  # invalid params/overrides: the job is created failed
     overrides: list[Path] = field(default_factory=list)
     folder: bool = False  # a folder unit (its engine takes the folder whole), not a file
+    linked_out: bool = False  # an input is a link out of the inbox: never read, the job fails
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Router:
         self.inbox = cfg.paths.inbox
         self._engines: dict[str, Engine] = {}
         self._folders: dict[str, Path] = {}
+        self._default: str | None = None
 
     def engine(self, name: str) -> Engine:
         if name not in self._engines:
@@ -98,6 +101,22 @@ class Router:
             return route, unit
         return None
 
+    def default_provider(self) -> str | None:
+        """The provider a route without one uses (`providers.default`, `auto` resolved: offline when
+        no key is set), recorded on each job so the queue says which provider it runs on."""
+        if self._default is None:
+            try:
+                self._default = resolve_default(self.cfg.providers)[0]
+            except ConfigError:  # an unreadable key file: the job's own run will say so
+                return None
+        return self._default
+
+    def replan(self, route_name: str, unit: Path) -> Unit | None:
+        """The plan of a registered unit as the config and its folders' `dropflow.yaml` say now;
+        None when its route is gone from the config."""
+        route = next((r for r in self.cfg.routes if r.name == route_name), None)
+        return self.plan(route, unit) if route is not None else None
+
     def plan(self, route: Route, unit: Path) -> Unit | None:
         """Resolve a settled unit into a job plan; None when the engine does not take it after all."""
         return self.plan_many([(route, unit)])[0]
@@ -121,6 +140,12 @@ class Router:
             if key not in settings:
                 settings[key] = self._settings(route, base, folder)
             st = settings[key]
+            error, linked_out = st.error, False
+            try:
+                for p in inputs:
+                    check_inside(p, self.inbox)
+            except InputError as exc:
+                error, linked_out = exc, True
             out.append(
                 Unit(
                     route=route,
@@ -129,12 +154,13 @@ class Router:
                     inputs=inputs,
                     batch=batch,
                     params=st.params,  # shared by the batch's units; nothing mutates it
-                    provider=st.provider,
+                    provider=st.provider if st.provider not in (None, "auto") else self.default_provider(),
                     priority=st.priority,
                     max_attempts=st.max_attempts,
-                    error=st.error,
+                    error=error,
                     overrides=st.overrides,
                     folder=is_folder,
+                    linked_out=linked_out,
                 )
             )
         return out
@@ -208,7 +234,7 @@ class Router:
                     "engine": r.engine,
                     "unit": eng.unit,
                     "accepts": ", ".join(sorted(eng.extensions)) or "anything",
-                    "provider": r.provider or self.cfg.providers.default,
+                    "provider": r.provider or self.default_provider() or self.cfg.providers.default,
                 }
             )
         return rows

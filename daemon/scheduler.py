@@ -182,6 +182,9 @@ class Scheduler:
             if remote_task_id:
                 job.remote_task_id = remote_task_id
 
+        async def note(kind: str, message: str) -> None:
+            await self.store.add_event(job.id, kind, message)
+
         return JobContext(
             job=job,
             output_dir=self.cfg.paths.outputs / job.engine,
@@ -194,7 +197,18 @@ class Scheduler:
             spawner=self.store,
             tasks=self.store,
             persons=self.persons,
+            read_roots=self._read_roots(job),
+            note=note,
         )
+
+    def _read_roots(self, job: Job) -> tuple[Path, ...]:
+        """Where a job may read through links: the inbox for what was dropped there, the submitted
+        folder (or the submitted file's folder) for `dropflow submit`; our own state folder (ZIPs
+        unpacked there hold no links) in both cases."""
+        if job.source == "submit":
+            unit = Path(job.input_path)
+            return (unit if unit.is_dir() else unit.parent, self.cfg.paths.state)
+        return (self.cfg.paths.inbox, self.cfg.paths.state)
 
     # --- one job ----------------------------------------------------------------------------------
 
@@ -207,6 +221,9 @@ class Scheduler:
             return
         log.info("job %d (%s) started: %s", job.id, job.engine, job.input_path)
         try:
+            for raw in job.input_paths:  # a retry, too, must not read through a link out of the inbox
+                ctx.check_readable(Path(raw), what="input")
+            await self._replan(job)
             result = await engine.run(job, ctx)
         except asyncio.CancelledError:
             running = self.running.get(job.id)
@@ -281,6 +298,26 @@ class Scheduler:
         if self.on_finished:
             self.on_finished(job, "succeeded")
 
+    async def _replan(self, job: Job) -> None:
+        """A job starting from scratch takes its params and provider as the config and its folders'
+        `dropflow.yaml` say now: a retry after fixing an override, a key set since it was dropped.
+
+        A job with a remote task or a checkpoint keeps what it started with: its work so far was
+        done (and paid) under those params.
+
+        Raises ConfigError (naming the file and line) when the params are invalid now.
+        """
+        if job.source != "inbox" or job.remote_task_id or job.checkpoint:
+            return
+        unit = await asyncio.to_thread(self.router.replan, job.route, Path(job.input_path))
+        if unit is None:  # its route is gone from the config: it runs as it was registered
+            return
+        if unit.error is not None:
+            raise unit.error
+        if unit.params != job.params or unit.provider != job.provider:
+            await self.store.set_plan(job.id, self.owner, unit.params, unit.provider)
+            job.params, job.provider = unit.params, unit.provider
+
     async def _failed(self, job: Job, exc: Exception) -> None:
         payload = self.redact.payload(error_payload(exc))
         kind = exc.kind if isinstance(exc, DropflowError) else ErrorKind.PERMANENT
@@ -312,7 +349,7 @@ class Scheduler:
         )
         if retry_at is None:
             if job.source == "inbox":
-                await asyncio.to_thread(write_error_sidecar, Path(job.input_path), payload)
+                await asyncio.to_thread(write_error_sidecar, Path(job.input_path), payload, job.id)
             if self.on_finished:
                 self.on_finished(job, "failed")
 

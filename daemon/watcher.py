@@ -23,7 +23,7 @@ import watchfiles
 
 from dropflow.daemon.core.config import Route, WatchSettings
 from dropflow.daemon.router import Router
-from dropflow.engine.files import TEMP_SUFFIXES, file_hash, is_ignored_name
+from dropflow.engine.files import TEMP_SUFFIXES, file_hash, is_ignored_name, link_outside
 
 log = logging.getLogger("dropflow.watcher")
 
@@ -312,6 +312,8 @@ class Watcher:
         for unit, sig in fresh:
             if unit not in self.gate.pending:
                 continue
+            if link_outside(unit, self.router.inbox):
+                continue  # never read through a link out of the inbox; the router fails its job
             try:
                 digest = file_hash(unit)
             except OSError:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_chec
 from pydantic import BaseModel, ConfigDict
 
 from dropflow.engine.errors import JobCancelled
+from dropflow.engine.files import check_inside
 
 if TYPE_CHECKING:
     from dropflow.daemon.core.jobs import Job, JobSpawner, TaskRegistry
@@ -69,6 +70,11 @@ class JobContext:
 
     State shared by every job of a daemon (loaded models, decode slots) lives on the engine
     instance: the daemon keeps one per engine.
+
+    `read_roots` are the folders this job may read through links into (the inbox for a dropped
+    file, the submitted folder for `dropflow submit`, and the prompts folder): an engine calls
+    `check_readable` on every path it opens that the user named (a photo in a folder, a roles
+    photo), so a link out of them is never followed.
     """
 
     def __init__(
@@ -85,6 +91,8 @@ class JobContext:
         spawner: JobSpawner | None = None,
         tasks: TaskRegistry | None = None,
         persons: PersonsRepository | None = None,
+        read_roots: Sequence[Path] = (),
+        note: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self.job = job
         self.output_dir = output_dir
@@ -97,6 +105,8 @@ class JobContext:
         self.spawner = spawner
         self.tasks = tasks
         self.persons = persons
+        self.read_roots = (*read_roots, prompts_dir)
+        self._note = note
         self.cancel_reason: str | None = None  # 'cancel' or 'pause' once requested
 
     async def progress(self, fraction: float, message: str = "") -> None:
@@ -106,6 +116,20 @@ class JobContext:
     async def save(self, checkpoint: dict[str, Any], *, remote_task_id: str | None = None) -> None:
         """Durably store engine state (committed before this returns): a restart resumes from it."""
         await self._checkpoint(checkpoint, remote_task_id)
+
+    def check_readable(self, path: Path, *, what: str = "") -> None:
+        """Raise `InputError` (naming the link and its target) when `path` is a link out of the
+        folders this job may read (`read_roots`); without roots (no daemon) everything is readable."""
+        if self.read_roots[:-1]:
+            check_inside(path, *self.read_roots, what=what)
+
+    async def warn(self, message: str) -> None:
+        """Something the user should know about this job that does not fail it (a fallback to the
+        CPU, a prompt the service will truncate): logged, and kept in the job's history, where
+        `dropflow job N` and the TUI's job detail show it."""
+        self.log.warning("job %d: %s", self.job.id, message)
+        if self._note is not None:
+            await self._note("warning", message)
 
     @property
     def cancelled(self) -> bool:

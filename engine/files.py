@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from dropflow.engine.errors import InputError
+
 TEMP_PREFIX = ".dropflow-tmp-"
 
 # --- names: what in an inbox is never an input --------------------------------------------------
@@ -38,9 +40,49 @@ def is_ignored_name(name: str) -> bool:
     )
 
 
+def link_outside(path: Path, *roots: Path) -> Path | None:
+    """Where `path` really leads when a link (the path itself or a folder above it) takes it out
+    of every one of `roots`; None when it stays inside one (or is no link at all).
+
+    Links inside the inbox are followed, by design: a user may link a folder of photos from one
+    route into another. A link out of it is never read: its content would reach a provider and
+    outputs/ on the strength of a name in the inbox.
+    """
+    real = Path(os.path.realpath(path))
+    for root in roots:
+        if real.is_relative_to(os.path.realpath(root)):
+            return None
+    return real
+
+
+def check_inside(path: Path, *roots: Path, what: str = "") -> None:
+    """Raise `InputError` when `path` is a link out of every one of `roots` (see `link_outside`)."""
+    target = link_outside(path, *roots)
+    if target is not None:
+        raise InputError(
+            f"{what or path.name}: {path} is a link to {target}, outside the inbox; dropflow does not "
+            "read through links that leave it",
+            hint="copy the file into the inbox instead of linking to it (links within the inbox are fine)",
+        )
+
+
+NAME_MAX = 255  # bytes in one file name on ext4, xfs, btrfs, APFS and NTFS (in UTF-16 units there)
+
+
 def error_sidecar(path: Path) -> Path:
-    """Where the reason a job failed is left for the user: beside the input."""
-    return path.with_name(path.name + ERROR_SUFFIX)
+    """Where the reason a job failed is left for the user: beside the input.
+
+    `<name>.error.txt` when that fits in a file name; for a name already near the limit, its
+    start, a hash of the whole name (so two long names that share a start get two sidecars) and
+    the suffix: the reason must reach the user whatever the name.
+    """
+    name = path.name + ERROR_SUFFIX
+    if len(name.encode()) <= NAME_MAX:
+        return path.with_name(name)
+    tag = "~" + hashlib.sha1(path.name.encode(), usedforsecurity=False).hexdigest()[:8]
+    room = NAME_MAX - len((tag + ERROR_SUFFIX).encode())
+    head = path.name.encode()[:room].decode(errors="ignore")
+    return path.with_name(head + tag + ERROR_SUFFIX)
 
 
 def _read_umask() -> int:

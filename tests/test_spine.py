@@ -14,6 +14,7 @@ import pytest
 from dropflow.daemon.core.config import Config
 from dropflow.daemon.core.jobs import Job
 from dropflow.daemon.core.store import Store
+from dropflow.engine import files
 from tests.conftest import RunningDaemon, running_daemon, wait_for
 from tests.engines import read_runs
 
@@ -97,6 +98,26 @@ async def test_permanent_error_fails_at_once_and_leaves_reason_beside_input(daem
     sidecar = src.with_name("bad.txt.error.txt")
     await wait_for(lambda: _exists(sidecar))
     assert "pretend 400" in sidecar.read_text()
+    assert f"dropflow retry {job.id}`" in sidecar.read_text(), (
+        "the retry hint names this job, not a literal ID"
+    )
+
+
+async def test_a_name_at_the_length_limit_still_gets_its_reason(daemon: RunningDaemon) -> None:
+    cfg = daemon.cfg
+    (cfg.paths.inbox / "record" / "dropflow.yaml").write_text("params: {fail: permanent, fail_times: 9}\n")
+    name = "é" * 60 + "x" * 124 + ".txt"  # 248 bytes: `<name>.error.txt` would be 258
+    assert len(name.encode()) == 248
+    src = drop(cfg.paths.inbox, name, b"long")
+    [job] = await daemon.wait_status(1, ("failed",))
+    sidecar = files.error_sidecar(src)
+    await wait_for(lambda: _exists(sidecar))
+    assert len(sidecar.name.encode()) <= 255 and sidecar.name.endswith(".error.txt")
+    assert sidecar.name.startswith("é" * 60), "the sidecar starts like the file it explains"
+    assert name in sidecar.read_text() and "pretend 400" in sidecar.read_text()
+    assert job.error and "pretend 400" in job.error["message"]
+    other = files.error_sidecar(src.with_name("é" * 60 + "x" * 123 + "y.txt"))
+    assert other != sidecar, "two long names that share a start get two sidecars"
 
 
 async def _exists(p: Path) -> bool:
@@ -123,6 +144,37 @@ async def test_invalid_folder_override_fails_only_that_job(daemon: RunningDaemon
     assert failed.status == "failed" and failed.error_kind == "config"
     assert f"{bad / 'dropflow.yaml'}:3" in (failed.error_message or "")
     assert "colour" in (failed.error_message or "")
+
+
+async def test_retry_after_fixing_an_override_takes_the_fixed_params(daemon: RunningDaemon) -> None:
+    cfg = daemon.cfg
+    folder = cfg.paths.inbox / "record" / "broken"
+    folder.mkdir(parents=True)
+    override = folder / "dropflow.yaml"
+    override.write_text("params:\n  seconds: 0\n  colour: red\n")
+    drop(cfg.paths.inbox, "broken/x.txt", b"x")
+    [job] = await daemon.wait_status(1, ("failed",))
+    assert job.error_kind == "config" and f"{override}:3" in (job.error_message or "")
+
+    # a retry with the override still broken fails the same way: a config error naming the line
+    assert await daemon.store.retry(job.id) == "queued"
+    await wait_for(lambda: _status_is(daemon, job.id, "failed"))
+    again = await daemon.store.get(job.id)
+    assert (
+        again is not None and again.error_kind == "config" and f"{override}:3" in (again.error_message or "")
+    )
+
+    override.write_text("params:\n  seconds: 0.05\n")
+    assert await daemon.store.retry(job.id) == "queued"
+    await wait_for(lambda: _status_is(daemon, job.id, "succeeded"))
+    fixed = await daemon.store.get(job.id)
+    assert fixed is not None and fixed.params["seconds"] == 0.05, "the retry took the fixed params"
+    assert fixed.provider == "offline", "the job says which provider it ran on, not 'default'"
+
+
+async def _status_is(daemon: RunningDaemon, job_id: int, status: str) -> bool:
+    job = await daemon.store.get(job_id)
+    return job is not None and job.status == status
 
 
 async def test_cancel_running_job(daemon: RunningDaemon) -> None:

@@ -496,6 +496,16 @@ class Store:
                 job_id, owner, "progress = ?, progress_message = ?", (max(0.0, min(1.0, progress)), message)
             )
 
+    async def set_plan(self, job_id: int, owner: str, params: dict[str, Any], provider: str | None) -> None:
+        """Replace a running job's params and provider with those the config gives now (a job about
+        to start from scratch); its dedupe key stays the one it was registered under."""
+        async with self.transaction():
+            if not await self._owned_update(
+                job_id, owner, "params = ?, provider = ?", (json.dumps(params), provider)
+            ):
+                raise StoreError(f"job {job_id} is no longer held by this runner")
+            await self._event(job_id, "note", "params and provider taken from the current config")
+
     async def save_checkpoint(
         self, job_id: int, owner: str, checkpoint: dict[str, Any], *, remote_task_id: str | None = None
     ) -> None:
