@@ -192,8 +192,15 @@ class Router:
             st.error = exc
         return st
 
-    def validate_params(self, route: Route, params: dict[str, Any], overrides: list[Path]) -> dict[str, Any]:
-        """Check params against the engine's model; errors name where each bad key was set."""
+    def validate_params(
+        self,
+        route: Route,
+        params: dict[str, Any],
+        overrides: list[Path],
+        command_line: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Check params against the engine's model; errors name where each bad key was set: the
+        command line (`--set`, given as `command_line`), a `dropflow.yaml`, or config.yaml."""
         model = self.engine(route.engine).Params
         try:
             return model.model_validate(params).model_dump(mode="json")
@@ -201,7 +208,11 @@ class Router:
             lines = []
             for err in exc.errors():
                 key = ".".join(str(p) for p in err["loc"])
-                where = self._where_set(route, str(err["loc"][0]) if err["loc"] else "", overrides)
+                top = str(err["loc"][0]) if err["loc"] else ""
+                if command_line is not None and top in command_line:
+                    where = f"the command line (--set {top}={command_line[top]!r})"
+                else:
+                    where = self._where_set(route, top, overrides)
                 lines.append(f"{where}: params.{key}: {err['msg']}")
             raise ConfigError(
                 "\n".join(lines),
@@ -215,9 +226,9 @@ class Router:
             if line is not None:
                 return f"{ov}:{line}"
         src = self.cfg.source
-        if src is None:
+        index = next((i for i, r in enumerate(self.cfg.routes) if r.name == route.name), None)
+        if src is None or index is None:  # no config file, or a route made up for `dropflow submit`
             return f"route {route.name!r}"
-        index = next(i for i, r in enumerate(self.cfg.routes) if r.name == route.name)
         line = _key_line(src, ("routes", index, "params", key))
         return f"{src}:{line}" if line else f"{src} (route {route.name!r})"
 

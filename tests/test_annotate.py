@@ -19,9 +19,10 @@ from pydantic import ValidationError
 
 from dropflow.daemon.core.config import ProviderSettings
 from dropflow.daemon.core.jobs import Job
-from dropflow.engine.annotate import engine as annotate
 from dropflow.engine.annotate import frames
-from dropflow.engine.annotate.engine import AnnotateEngine, AnnotateParams
+from dropflow.engine.annotate import run as annotate_run
+from dropflow.engine.annotate.engine import AnnotateEngine
+from dropflow.engine.annotate.params import AnnotateParams
 from dropflow.engine.base import Done, JobContext
 from dropflow.engine.errors import AuthError, ConfigError, InputError, RetryableError
 from dropflow.engine.fakes import FakeAnthropic, FakeDashScope, FakeOpenAI, Fault, Prompt
@@ -211,7 +212,7 @@ async def test_request_shape_outputs_and_progress(
 ) -> None:
     # a short clip samples in milliseconds: report often, and let each frame take a little while,
     # so that the sampling stage is seen in flight
-    monkeypatch.setattr(annotate, "PROGRESS_SECONDS", 0.001)
+    monkeypatch.setattr(annotate_run, "PROGRESS_SECONDS", 0.001)
     real_sample = frames.sample_frames
 
     def slow_sample(path: Path, spec: frames.SampleSpec, **kw: Any) -> frames.Sampling:

@@ -1,5 +1,7 @@
 """Frame sampling for the annotate engine: which frames a vision model sees, at what time, how big.
 
+One module: its image helpers (shrink, hash, JPEG) serve only the decode loop of `sample_frames`.
+
 A frame is sampled when it is the first shown at or after a sample time (k / fps), by its
 presentation timestamp, so variable-frame-rate footage is sampled at true times. Frames between
 samples are decoded but never converted (what OpenCV's `grab()` does), and when the container's

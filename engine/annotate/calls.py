@@ -1,0 +1,103 @@
+"""Sending one job's model requests: the answer cache first, a bounded number in flight, none
+after the first failure, and a batch that fails with the error that matters most."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+from dropflow.engine.annotate.answer_cache import AnswerCache, request_key
+from dropflow.engine.annotate.ledger import Call, Ledger
+from dropflow.engine.errors import DropflowError, ErrorKind, JobCancelled
+
+if TYPE_CHECKING:
+    from dropflow.engine.base import JobContext
+    from dropflow.engine.providers.base import VisionProvider, VisionRequest
+
+T = TypeVar("T")
+
+
+class NotSent(Exception):
+    """A request held back because another request of the same job already failed."""
+
+
+def worst(errors: Sequence[BaseException]) -> BaseException:
+    """The error that decides the job: cancellation, then a bug, then a permanent failure, then a retryable one."""
+
+    def rank(e: BaseException) -> int:
+        if isinstance(e, asyncio.CancelledError | JobCancelled):
+            return 0
+        if isinstance(e, NotSent):
+            return 4
+        if not isinstance(e, DropflowError):
+            return 1
+        return 3 if e.kind == ErrorKind.RETRYABLE else 2
+
+    return min(errors, key=rank)
+
+
+async def gather_all(aws: Sequence[Awaitable[T]]) -> list[T]:
+    """Await all; when some fail, let the others finish (their answers are paid and cached), then raise."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise worst(errors)
+    return results  # type: ignore[return-value]
+
+
+class Caller:
+    """One job's way to the model: every answer it gets is entered in its `ledger`."""
+
+    def __init__(
+        self,
+        provider: VisionProvider,
+        cache: AnswerCache | None,
+        ctx: JobContext,
+        ledger: Ledger,
+        marker: str,
+        concurrency: int,
+    ) -> None:
+        self.provider = provider
+        self.cache = cache
+        self.ctx = ctx
+        self.ledger = ledger
+        self.marker = marker  # the payer an answer is cached under: this job, this content
+        self.limit = asyncio.Semaphore(concurrency)
+        self.failed: BaseException | None = None  # the first failed request: send no more after it
+
+    async def ask(self, kind: Literal["segment", "asr", "summary"], request: VisionRequest) -> Call:
+        """One answer: from the cache when this exact request was answered before, else paid for and cached.
+
+        Raises:
+            JobCancelled: the job was cancelled before the request went out.
+            NotSent: another request of this job failed first.
+            RetryableError, AuthError, PermanentError: the provider's, as `generate` raises them.
+        """
+        cache = self.cache
+        key = request_key(self.provider.name, request) if cache is not None else ""
+        if cache is not None:
+            hit = cache.get(key)  # one small local file: read inline (see the sidecars in Run.run)
+            if hit is not None:
+                call = Call(kind, hit.result, cached=True, paid_here=hit.paid_by == self.marker)
+                self.ledger.calls.append(call)
+                return call
+        async with self.limit:
+            self.ctx.check_cancelled()
+            if self.failed is not None:
+                # a 401 or a 429 will not be different for the next request: stop paying and hammering;
+                # what was answered is cached, the retry sends only what is missing
+                raise NotSent()
+            try:
+                result = await self.provider.generate(request)
+            except Exception as exc:
+                self.failed = self.failed or exc
+                raise
+        if cache is not None:
+            try:
+                await asyncio.to_thread(cache.put, key, result, paid_by=self.marker)
+            except OSError as exc:  # the answer is paid for: use it even if it cannot be kept
+                self.ctx.log.warning("cannot store an answer in the cache: %s", exc)
+        call = Call(kind, result, cached=False, paid_here=True)
+        self.ledger.calls.append(call)
+        return call
