@@ -18,19 +18,17 @@ from dropflow.daemon.core.jobs import Job
 from dropflow.engine.base import JobContext, Wait
 from dropflow.engine.errors import InputError, PermanentError, RetryableError
 from dropflow.engine.providers.base import VideoGenRequest, VideoTask
-from dropflow.engine.videogen.engine import (
+from dropflow.engine.videogen.download import (
     DownloadFailed,
-    VideoGenEngine,
-    VideoGenParams,
     VideoTooLarge,
-    _never_created,
-    _Run,
-    build_request,
     download_with_retries,
     fetch_video,
     url_expires_at,
 )
+from dropflow.engine.videogen.engine import VideoGenEngine
 from dropflow.engine.videogen.job import VideoSpec, load_job_file, read_spec, unit_inputs
+from dropflow.engine.videogen.params import VideoGenParams, build_request
+from dropflow.engine.videogen.submit import _never_created
 from tests.test_videogen import png
 
 MP4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 200
@@ -347,12 +345,11 @@ async def test_submissions_are_spaced_and_a_long_queue_gives_the_worker_back(tmp
     provider = StubProvider()
     params = VideoGenParams(submissions_per_second=2, max_concurrent_tasks=10)
     gate = engine.gate("stub", "m")
-    runs = []
-    for i in range(4):
-        job = make_job(touch(tmp_path, f"{i}.txt", "p"), job_id=i + 1)
-        runs.append(_Run(engine, job, make_ctx(job, provider, tmp_path, []), params, provider))
+    jobs = [make_job(touch(tmp_path, f"{i}.txt", "p"), job_id=i + 1) for i in range(4)]
     started = time.monotonic()
-    results = await asyncio.gather(*(r.admit(gate, "m") for r in runs))
+    results = await asyncio.gather(
+        *(gate.admit(make_ctx(job, provider, tmp_path, []), job, params) for job in jobs)
+    )
     elapsed = time.monotonic() - started
     assert results[:3] == [None, None, None] and isinstance(results[3], Wait)
     assert "limited to 2/s" in results[3].message and results[3].seconds > 1.0
@@ -367,9 +364,7 @@ async def test_concurrency_without_a_store_counts_this_daemons_tasks(tmp_path: P
     gate = engine.gate("stub", "m")
     gate.active.add(7)  # another job's task is in flight
     job = make_job(touch(tmp_path, "a.txt", "p"))
-    waiting = await _Run(engine, job, make_ctx(job, provider, tmp_path, []), params, provider).admit(
-        gate, "m"
-    )
+    waiting = await gate.admit(make_ctx(job, provider, tmp_path, []), job, params)
     assert isinstance(waiting, Wait) and "queued: 1 of 1 m tasks in flight" in waiting.message
 
 
