@@ -22,8 +22,9 @@ from dropflow.daemon.cli import main as cli_main
 from dropflow.daemon.core import config as config_mod
 from dropflow.daemon.core.config import Config
 from dropflow.daemon.core.jobs import Job
-from dropflow.engine.dataset.engine import DEFAULT_MODELS, ZIP_SOURCE
 from dropflow.engine.dataset.formats import check_sharegpt
+from dropflow.engine.dataset.params import DEFAULT_MODELS
+from dropflow.engine.dataset.unzip import ZIP_SOURCE
 from dropflow.engine.fakes import FakeAnthropic, FakeDashScope, FakeOpenAI, Fault, Prompt
 from dropflow.engine.fakes.server import FakeServer
 from tests.conftest import REPO, RunningDaemon, running_daemon, wait_for
@@ -555,7 +556,8 @@ async def test_forced_submit_describes_again_and_replaces_the_record(
 
 async def test_rows_lean_on_one_guard_that_finishes_only_after_their_render(tmp_path: Path) -> None:
     from dropflow.engine.dataset.folder import DatasetFolder, RenderCoalescer
-    from dropflow.engine.dataset.formats import ItemRecord, RenderOptions
+    from dropflow.engine.dataset.formats import RenderOptions
+    from dropflow.engine.dataset.records import ItemRecord
 
     folder = DatasetFolder(tmp_path / "g")
     opts = RenderOptions("g", folder.root)

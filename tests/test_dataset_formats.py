@@ -16,23 +16,17 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from dropflow.engine.dataset.engine import (
-    DEFAULT_SYSTEM_PROMPT,
-    DEFAULT_SYSTEM_PROMPT_FILE,
-    DatasetParams,
-    check_answer,
-)
+from dropflow.engine.dataset.answers import check_answer
 from dropflow.engine.dataset.folder import DatasetFolder
 from dropflow.engine.dataset.formats import (
     OPENAI_MAX_IMAGE_BYTES,
     OPENAI_MAX_IMAGES,
-    FailedItem,
-    ItemRecord,
     RenderOptions,
     check_sharegpt,
     jsonl_line,
-    split_of,
 )
+from dropflow.engine.dataset.params import DEFAULT_SYSTEM_PROMPT, DEFAULT_SYSTEM_PROMPT_FILE, DatasetParams
+from dropflow.engine.dataset.records import FailedItem, ItemRecord, split_of
 from tests.conftest import REPO
 
 SYSTEM = "You describe images for training data."

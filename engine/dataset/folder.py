@@ -33,15 +33,14 @@ from dropflow.engine.dataset.formats import (
     FORMAT_FILES,
     FORMAT_NAMES,
     IMAGEFOLDER_DIR,
-    FailedItem,
     FormatName,
     ImageLink,
-    ItemRecord,
     Plan,
     RenderOptions,
     render,
-    summarize,
 )
+from dropflow.engine.dataset.records import FailedItem, ItemRecord
+from dropflow.engine.dataset.summary import summarize
 
 log = logging.getLogger("dropflow.engine.dataset.engine")
 

@@ -2,8 +2,9 @@
 
 One `ItemRecord` per image (the model's answer plus everything needed to re-render it) can be
 rendered into each format; nothing here calls a model or writes a file. A `Plan` lists the files
-(as lazily generated text chunks) and the image links a format needs; `dataset_folder` writes
-them atomically.
+(as lazily generated text chunks) and the image links a format needs; `folder` writes
+them atomically. The records themselves are in `records`, the summary.json built beside these
+files in `summary`.
 
 | format        | files (relative to the dataset folder)                     | image paths          |
 |---------------|------------------------------------------------------------|----------------------|
@@ -14,24 +15,22 @@ them atomically.
 | imagefolder   | imagefolder/{train,validation}/metadata.jsonl + images     | beside the metadata  |
 
 The train/validation split is a pure function of an item's content hash, so it never changes
-when items are added, and every format agrees on it.
+when items are added, and every format agrees on it (`records.split_of`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dropflow.engine.dataset.records import ItemRecord, by_split, has_placeholder
+
 FormatName = Literal["llamafactory", "swift", "llava", "openai", "imagefolder"]
 FORMAT_NAMES: tuple[FormatName, ...] = ("llamafactory", "swift", "llava", "openai", "imagefolder")
-Split = Literal["train", "validation"]
 
-# LLaMA-Factory (and ms-swift) count these placeholders in the text to match them with the
-# media lists; a literal one inside an answer shifts every image of the batch.
-PLACEHOLDERS = ("<image>", "<video>", "<audio>")
 IMAGE_TOKEN = "<image>"
 
 # OpenAI chat fine-tuning: at most 10 images per example, 10 MB each, JPEG/PNG/WEBP.
@@ -57,69 +56,6 @@ FORMAT_FILES: dict[FormatName, tuple[str, ...]] = {
     "imagefolder": ("imagefolder/train/metadata.jsonl", "imagefolder/validation/metadata.jsonl"),
 }
 IMAGEFOLDER_DIR = "imagefolder"
-
-
-@dataclass(frozen=True)
-class ItemRecord:
-    """One finished item: what was asked, what came back, and what it cost. Stored as JSON."""
-
-    hash: str  # sha256 of the dropped image's bytes: the item's identity
-    source: str  # what the user dropped (file name, or zip/member), for humans
-    image: str  # the stored image, relative to the dataset folder (posix)
-    prompt: str
-    answer: str  # already checked and escaped
-    system: str | None = None
-    mime: str = "image/jpeg"
-    width: int = 0
-    height: int = 0
-    converted: bool = False  # re-encoded (resized / RGB JPEG) rather than copied
-    provider: str = ""
-    model: str = ""
-    offline: bool = False  # the offline provider's placeholder, not a model's answer
-    json_mode: bool = False
-    request_id: str = ""
-    finish_reason: str = ""
-    usage: dict[str, int] = field(default_factory=dict)  # every call for this item, rejected ones too
-    calls: int = 1
-    rejected: list[dict[str, str]] = field(default_factory=list)  # answers that failed the checks
-    created: float = 0.0  # epoch seconds; rows are ordered by it so that new items go last
-    version: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ItemRecord:
-        """Build from stored JSON, ignoring keys a newer version may have added.
-
-        Raises KeyError / TypeError when a required key is missing or malformed.
-        """
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclass(frozen=True)
-class FailedItem:
-    """An item that failed for good, with the reason and what the attempts cost."""
-
-    hash: str
-    source: str
-    kind: str
-    reason: str
-    hint: str = ""
-    usage: dict[str, int] = field(default_factory=dict)
-    calls: int = 0
-    provider: str = ""
-    model: str = ""
-    at: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FailedItem:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -154,25 +90,6 @@ class Plan:
 # --- shared helpers --------------------------------------------------------------------------------
 
 
-def split_of(content_hash: str, val_ratio: float) -> Split:
-    """Train or validation, decided by the content hash alone (stable as the dataset grows)."""
-    if val_ratio <= 0:
-        return "train"
-    bucket = int(content_hash[:8], 16) / 0x1_0000_0000
-    return "validation" if bucket < val_ratio else "train"
-
-
-def escape_placeholders(text: str) -> str:
-    """`<image>` -> `[image]` (and `<video>`, `<audio>`): the words stay, the trainer's token goes."""
-    for token in PLACEHOLDERS:
-        text = text.replace(token, "[" + token[1:-1] + "]")
-    return text
-
-
-def has_placeholder(text: str) -> bool:
-    return any(token in text for token in PLACEHOLDERS)
-
-
 def jsonl_line(row: Any) -> str:
     """One JSON document on one line.
 
@@ -181,17 +98,6 @@ def jsonl_line(row: Any) -> str:
     """
     text = json.dumps(row, ensure_ascii=False)
     return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") + "\n"
-
-
-def ordered(records: Iterable[ItemRecord]) -> list[ItemRecord]:
-    return sorted(records, key=lambda r: (r.created, r.hash))
-
-
-def _by_split(records: Sequence[ItemRecord], val_ratio: float) -> dict[Split, list[ItemRecord]]:
-    out: dict[Split, list[ItemRecord]] = {"train": [], "validation": []}
-    for rec in ordered(records):
-        out[split_of(rec.hash, val_ratio)].append(rec)
-    return out
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> Callable[[], Iterator[str]]:
@@ -268,7 +174,7 @@ def dataset_info(name: str, *, has_val: bool) -> dict[str, Any]:
 def _llamafactory(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("llamafactory")
     names = {"train": "train.jsonl", "validation": "val.jsonl"}
-    for split, recs in _by_split(records, opts.val_ratio).items():
+    for split, recs in by_split(records, opts.val_ratio).items():
         if split == "validation" and not recs:
             continue
         rows = []
@@ -300,7 +206,7 @@ def swift_row(rec: ItemRecord, root: Path, *, include_system: bool = True) -> di
 def _swift(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("swift")
     names = {"train": "swift_train.jsonl", "validation": "swift_val.jsonl"}
-    for split, recs in _by_split(records, opts.val_ratio).items():
+    for split, recs in by_split(records, opts.val_ratio).items():
         if split == "validation" and not recs:
             continue
         rows = [swift_row(r, opts.root, include_system=opts.include_system) for r in recs]
@@ -336,7 +242,7 @@ def _json_array(items: list[dict[str, Any]]) -> Callable[[], Iterator[str]]:
 def _llava(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("llava")
     names = {"train": "llava_train.json", "validation": "llava_val.json"}
-    for split, recs in _by_split(records, opts.val_ratio).items():
+    for split, recs in by_split(records, opts.val_ratio).items():
         if split == "validation" and not recs:
             continue
         plan.files.append(OutputFile(names[split], _json_array([llava_item(r) for r in recs])))
@@ -378,7 +284,7 @@ def _openai(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
 
     plan = Plan("openai")
     names = {"train": "openai_train.jsonl", "validation": "openai_val.jsonl"}
-    for split, recs in _by_split(records, opts.val_ratio).items():
+    for split, recs in by_split(records, opts.val_ratio).items():
         keep: list[ItemRecord] = []
         for rec in recs:
             try:
@@ -416,7 +322,7 @@ def imagefolder_row(rec: ItemRecord) -> dict[str, Any]:
 
 def _imagefolder(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("imagefolder")
-    for split, recs in _by_split(records, opts.val_ratio).items():
+    for split, recs in by_split(records, opts.val_ratio).items():
         if split == "validation" and not recs:
             continue
         # the metadata file must sit inside the split folder (or `datasets` silently ignores it),
@@ -443,70 +349,3 @@ def render(fmt: FormatName, records: Sequence[ItemRecord], opts: RenderOptions) 
     Raises KeyError for an unknown format name.
     """
     return _RENDERERS[fmt](records, opts)
-
-
-# --- summary ---------------------------------------------------------------------------------------
-
-
-def _add(total: dict[str, int], usage: dict[str, int]) -> None:
-    for key in ("input_tokens", "output_tokens", "image_tokens"):
-        total[key] = total.get(key, 0) + int(usage.get(key, 0) or 0)
-
-
-def summarize(
-    records: Sequence[ItemRecord],
-    failures: Sequence[FailedItem],
-    opts: RenderOptions,
-    plans: Sequence[Plan],
-    *,
-    updated_at: str,
-) -> dict[str, Any]:
-    """`summary.json`: items, failures with reasons, tokens (failures included), providers, formats."""
-    spent_ok: dict[str, int] = {}
-    spent_failed: dict[str, int] = {}
-    for rec in records:
-        _add(spent_ok, rec.usage)
-    for fail in failures:
-        _add(spent_failed, fail.usage)
-    total = dict(spent_ok)
-    _add(total, spent_failed)
-    providers = sorted({r.provider for r in records if r.provider})
-    models = sorted({r.model for r in records if r.model})
-    splits = _by_split(records, opts.val_ratio)
-    return {
-        "dataset": opts.name,
-        "updated_at": updated_at,
-        "items": len(records),
-        "train": len(splits["train"]),
-        "validation": len(splits["validation"]),
-        "failed": len(failures),
-        "failed_items": [
-            {
-                "source": f.source,
-                "hash": f.hash,
-                "kind": f.kind,
-                "reason": f.reason,
-                "hint": f.hint,
-                "usage": f.usage,
-                "calls": f.calls,
-            }
-            for f in sorted(failures, key=lambda f: (f.at, f.hash))
-        ],
-        "tokens": {
-            "input": total.get("input_tokens", 0),
-            "output": total.get("output_tokens", 0),
-            "image": total.get("image_tokens", 0),
-            "failed_input": spent_failed.get("input_tokens", 0),
-            "failed_output": spent_failed.get("output_tokens", 0),
-        },
-        "calls": sum(r.calls for r in records) + sum(f.calls for f in failures),
-        "rejected_answers": sum(len(r.rejected) for r in records),
-        "provider": providers[0] if len(providers) == 1 else providers,
-        "model": models[0] if len(models) == 1 else models,
-        "offline_items": sum(1 for r in records if r.offline),
-        "format": [p.format for p in plans],
-        "files": {p.format: [f.path for f in p.files] for p in plans},
-        "skipped": {p.format: p.skipped for p in plans if p.skipped},
-        "val_ratio": opts.val_ratio,
-        "include_system": opts.include_system,
-    }

@@ -1,0 +1,96 @@
+"""What a dataset is configured with: `DatasetParams` (route params, or `params:` in the dataset
+folder's dropflow.yaml) and the defaults behind its empty fields (prompts, models per provider).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from dropflow.engine.base import Params
+from dropflow.engine.dataset.formats import FORMAT_NAMES, FormatName
+from dropflow.engine.dataset.records import has_placeholder
+
+DEFAULT_SYSTEM_PROMPT_FILE = "dataset_caption_system.txt"
+# Used only when the default prompt file is missing from a project's prompts/ (made by an older
+# `dropflow init`); tests check it matches prompts/dataset_caption_system.txt.
+DEFAULT_SYSTEM_PROMPT = """You write training data for a vision-language model. Describe the image you are given.
+
+Cover, in this order: the main subjects and what they are doing; the setting and the lighting;
+notable objects, their colours and positions; any legible text, quoted exactly.
+
+Be factual and specific. Say "unclear" instead of guessing, and describe only what is visible.
+Do not mention that you are an AI or that this is a description task, and do not start with
+"This image shows". Answer in plain prose, one or two short paragraphs."""
+DEFAULT_USER_PROMPT = "Describe this image in detail."
+
+DEFAULT_MODELS = {
+    "dashscope": "qwen-vl-max-latest",
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-sonnet-4-5",
+    "offline": "offline-vision",
+}
+
+
+class DatasetParams(Params):
+    """Per dataset: route params, or `params:` in the dataset folder's dropflow.yaml.
+
+    The provider itself is chosen by the route's (or dropflow.yaml's) `provider:` key.
+    """
+
+    model: str | None = Field(None, description="Vision model; empty = the provider's default.")
+    system_prompt_file: str | None = Field(
+        DEFAULT_SYSTEM_PROMPT_FILE, description="System prompt file in prompts/; empty = no system prompt."
+    )
+    user_prompt: str = Field(DEFAULT_USER_PROMPT, min_length=1, description="The question asked per image.")
+    temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature.")
+    max_tokens: int = Field(1024, ge=16, le=32768, description="Longest answer, in tokens.")
+    max_image_side: int = Field(
+        2048,
+        ge=64,
+        le=8192,
+        description="Longest image side sent and stored (capped by the provider's limit).",
+    )
+    formats: list[FormatName] = Field(
+        default_factory=lambda: ["llamafactory"],
+        min_length=1,
+        description=f"Output formats: {', '.join(FORMAT_NAMES)}.",
+    )
+    val_ratio: float = Field(0.0, ge=0, le=0.5, description="Share of items in the validation split.")
+    json_mode: bool = Field(False, description="Ask for a JSON object; invalid JSON is retried.")
+    answer_retries: int = Field(
+        2, ge=0, le=5, description="Extra calls when an answer is empty, a refusal or invalid JSON."
+    )
+    image_token: Literal["escape", "reject"] = Field(
+        "escape", description="A literal <image> in an answer: escape it as [image], or reject the answer."
+    )
+    system_in_records: bool = Field(
+        True, description="Write the system prompt into the records as a system turn."
+    )
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _formats(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            return list(dict.fromkeys(value))
+        return value
+
+    @field_validator("system_prompt_file")
+    @classmethod
+    def _inside_prompts(cls, value: str | None) -> str | None:
+        if value and (Path(value).is_absolute() or ".." in Path(value).parts):
+            raise ValueError("must name a file inside prompts/ (no absolute path, no '..')")
+        return value or None
+
+    @field_validator("user_prompt")
+    @classmethod
+    def _no_placeholder(cls, value: str) -> str:
+        if has_placeholder(value):
+            raise ValueError(
+                "must not contain <image>/<video>/<audio>: dropflow places the image token itself"
+            )
+        return value

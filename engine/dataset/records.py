@@ -1,0 +1,115 @@
+"""Item records: what one finished (or failed) image leaves behind, and the pure helpers every
+format and the summary agree on.
+
+An `ItemRecord` holds the model's answer plus everything needed to re-render it into any format;
+a `FailedItem` holds why an item failed for good and what it cost. The train/validation split is
+decided here, from the content hash alone, so every format puts an item on the same side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+Split = Literal["train", "validation"]
+
+# LLaMA-Factory (and ms-swift) count these placeholders in the text to match them with the
+# media lists; a literal one inside an answer shifts every image of the batch.
+PLACEHOLDERS = ("<image>", "<video>", "<audio>")
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """One finished item: what was asked, what came back, and what it cost. Stored as JSON."""
+
+    hash: str  # sha256 of the dropped image's bytes: the item's identity
+    source: str  # what the user dropped (file name, or zip/member), for humans
+    image: str  # the stored image, relative to the dataset folder (posix)
+    prompt: str
+    answer: str  # already checked and escaped
+    system: str | None = None
+    mime: str = "image/jpeg"
+    width: int = 0
+    height: int = 0
+    converted: bool = False  # re-encoded (resized / RGB JPEG) rather than copied
+    provider: str = ""
+    model: str = ""
+    offline: bool = False  # the offline provider's placeholder, not a model's answer
+    json_mode: bool = False
+    request_id: str = ""
+    finish_reason: str = ""
+    usage: dict[str, int] = field(default_factory=dict)  # every call for this item, rejected ones too
+    calls: int = 1
+    rejected: list[dict[str, str]] = field(default_factory=list)  # answers that failed the checks
+    created: float = 0.0  # epoch seconds; rows are ordered by it so that new items go last
+    version: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ItemRecord:
+        """Build from stored JSON, ignoring keys a newer version may have added.
+
+        Raises KeyError / TypeError when a required key is missing or malformed.
+        """
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class FailedItem:
+    """An item that failed for good, with the reason and what the attempts cost."""
+
+    hash: str
+    source: str
+    kind: str
+    reason: str
+    hint: str = ""
+    usage: dict[str, int] = field(default_factory=dict)
+    calls: int = 0
+    provider: str = ""
+    model: str = ""
+    at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FailedItem:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# --- shared helpers --------------------------------------------------------------------------------
+
+
+def split_of(content_hash: str, val_ratio: float) -> Split:
+    """Train or validation, decided by the content hash alone (stable as the dataset grows)."""
+    if val_ratio <= 0:
+        return "train"
+    bucket = int(content_hash[:8], 16) / 0x1_0000_0000
+    return "validation" if bucket < val_ratio else "train"
+
+
+def escape_placeholders(text: str) -> str:
+    """`<image>` -> `[image]` (and `<video>`, `<audio>`): the words stay, the trainer's token goes."""
+    for token in PLACEHOLDERS:
+        text = text.replace(token, "[" + token[1:-1] + "]")
+    return text
+
+
+def has_placeholder(text: str) -> bool:
+    return any(token in text for token in PLACEHOLDERS)
+
+
+def ordered(records: Iterable[ItemRecord]) -> list[ItemRecord]:
+    return sorted(records, key=lambda r: (r.created, r.hash))
+
+
+def by_split(records: Sequence[ItemRecord], val_ratio: float) -> dict[Split, list[ItemRecord]]:
+    out: dict[Split, list[ItemRecord]] = {"train": [], "validation": []}
+    for rec in ordered(records):
+        out[split_of(rec.hash, val_ratio)].append(rec)
+    return out
