@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dropflow.daemon.core.store import Store  # noqa: E402
+from dropflow.daemon.core.store.connection import _statements  # noqa: E402
 from dropflow.daemon.core.store.migrations import MIGRATIONS  # noqa: E402
-from dropflow.daemon.core.store.sqlite import _statements  # noqa: E402
 
 SETTLE = 1.0
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import stat
 import time
 from pathlib import Path
 
-from dropflow.daemon.core.jobs import NewJob
+from dropflow.daemon.core.jobs import JobStore, NewJob
 from dropflow.daemon.core.store import Store
 from dropflow.daemon.core.store.migrations import MIGRATIONS
 
@@ -132,3 +133,19 @@ async def test_requests_on_running_jobs_become_controls(tmp_path: Path) -> None:
         assert await s.cancel(job.id) == "requested"
         assert await s.controls("me:1:1") == {job.id: "cancel"}
         assert await s.remove(job.id) == "running"
+
+
+def test_store_implements_the_job_store_protocol() -> None:
+    """Every method of `JobStore` (its inherited narrow protocols too) exists on `Store`, async like
+    the protocol's, with the same parameters in the same order and of the same kind."""
+    methods = {
+        name: fn for name, fn in inspect.getmembers(JobStore, inspect.isfunction) if not name.startswith("_")
+    }
+    assert {"insert_jobs", "get", "list", "add_event", "claim", "cancel", "events"} <= set(methods)
+    for name, fn in methods.items():
+        impl = getattr(Store, name, None)
+        assert impl is not None, f"Store lacks JobStore.{name}"
+        assert inspect.iscoroutinefunction(impl) == inspect.iscoroutinefunction(fn), name
+        want = [(p.name, p.kind) for p in inspect.signature(fn).parameters.values()]
+        got = [(p.name, p.kind) for p in inspect.signature(impl).parameters.values()]
+        assert got == want, f"Store.{name}{inspect.signature(impl)} != JobStore.{name}{inspect.signature(fn)}"

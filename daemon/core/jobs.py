@@ -1,6 +1,7 @@
-"""Jobs as the store keeps them, and the narrow views of the store that engines are lent.
+"""Jobs as the store keeps them, the store's interface, and the narrow views of it that engines are lent.
 
-The values here (`Job`, `NewJob`, `Event` ...) are what every store implementation returns; the
+The values here (`Job`, `NewJob`, `Event` ...) are what every store implementation returns.
+`JobStore` is the whole interface the daemon runtime, the CLI and the TUI rely on. The narrow
 protocols are what `JobContext` hands an engine instead of the store itself: an engine can
 spawn jobs (`JobSpawner`) and see its engine's other jobs (`TaskRegistry`), nothing more.
 """
@@ -164,4 +165,171 @@ class TaskRegistry(Protocol):
         self, job_id: int | None, kind: str, message: str, data: dict[str, Any] | None = None
     ) -> None:
         """Append an event to a job's history (or the daemon's, with no job)."""
+        ...
+
+
+class JobStore(JobSpawner, TaskRegistry, Protocol):
+    """The job store as the daemon runtime, the CLI and the TUI use it (implemented on SQLite by
+    `dropflow.daemon.core.store.Store`).
+
+    Every method raises the store's driver error (`sqlite3.Error`: the database is locked past its
+    busy timeout, the disk is full ...) when the database fails; a docstring names any other.
+    The runner's writes take the lease owner and change nothing once another owner holds the job:
+    they return False, or raise `StoreError` where going on without the write would be wrong.
+    The request methods answer with an outcome word instead of raising. `Store`'s other public
+    methods (`migrate`, `schema_version`, `counts`, `live_daemons`, `get_setting`, `set_setting`)
+    are its own, used by tests, benches and its other methods.
+    """
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    async def active_units(self, paths: Sequence[str]) -> set[str]:
+        """Those of `paths` that are the unit of an unfinished job (its engine may be changing it)."""
+        ...
+
+    async def active_inputs(self) -> set[str]:
+        """Input paths of the jobs that still need their file where it is (not succeeded or cancelled)."""
+        ...
+
+    # --- claims and the runner's writes -----------------------------------------------------------
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        slots: int,
+        engine_slots: dict[str, int],
+        lease_seconds: float,
+        paused_engines: Iterable[str] = (),
+    ) -> list[Job]:
+        """Lease up to `slots` due jobs to `owner`, highest priority first, within each engine's slots."""
+        ...
+
+    async def renew_leases(self, owner: str, lease_seconds: float, job_ids: Iterable[int]) -> None:
+        """Extend `owner`'s leases on `job_ids` (only those) and its daemon heartbeat."""
+        ...
+
+    async def controls(self, owner: str) -> dict[int, str | None]:
+        """The pending request (`cancel`, `pause` or None) of each job `owner` is running."""
+        ...
+
+    async def reclaim(self, *, owner: str, keep: Iterable[int] = ()) -> list[int]:
+        """Queue again the running jobs (bar `keep`) whose lease expired or whose owner died; their ids."""
+        ...
+
+    async def set_progress(self, job_id: int, owner: str, progress: float, message: str) -> bool:
+        """Record progress (clamped to 0..1); False when `owner` no longer holds the job."""
+        ...
+
+    async def set_plan(self, job_id: int, owner: str, params: dict[str, Any], provider: str | None) -> None:
+        """Replace a running job's params and provider. Raises `StoreError` when `owner` lost the job."""
+        ...
+
+    async def save_checkpoint(
+        self, job_id: int, owner: str, checkpoint: dict[str, Any], *, remote_task_id: str | None = None
+    ) -> None:
+        """Durably record engine state (and a remote task id). Raises `StoreError` when `owner` lost it."""
+        ...
+
+    async def succeed(
+        self,
+        job_id: int,
+        owner: str,
+        *,
+        outputs: Sequence[str],
+        usage: dict[str, Any],
+        archived_path: str | None,
+        message: str = "done",
+    ) -> bool:
+        """Finish a job with its outputs and usage; False when `owner` no longer holds it."""
+        ...
+
+    async def set_archived(self, job_id: int, archived_path: str) -> None:
+        """Record where a job's input was archived (after the job ended, so no lease is checked)."""
+        ...
+
+    async def fail(
+        self,
+        job_id: int,
+        owner: str,
+        error: dict[str, Any],
+        *,
+        retry_at: float | None,
+        usage: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record an error: `waiting` until `retry_at` (`failed` if None); False when `owner` lost it."""
+        ...
+
+    async def reschedule(
+        self, job_id: int, owner: str, *, at: float, message: str, usage: dict[str, Any] | None = None
+    ) -> bool:
+        """Free the slot until `at`, giving the attempt back; False when `owner` no longer holds it."""
+        ...
+
+    async def release(
+        self, job_id: int, owner: str, *, to: str = "queued", message: str = "released"
+    ) -> bool:
+        """Give a running job back unfinished, to status `to`, no attempt charged; False when lost."""
+        ...
+
+    async def finish_cancelled(self, job_id: int, owner: str, message: str) -> bool:
+        """End a job whose cancel request its engine acted on; False when `owner` no longer holds it."""
+        ...
+
+    # --- requests from the CLI / TUI --------------------------------------------------------------
+
+    async def cancel(self, job_id: int) -> str:
+        """Cancel a job, or flag a running one. Returns cancelled | requested | noop | missing."""
+        ...
+
+    async def pause(self, job_id: int) -> str:
+        """Hold a queued or waiting job or flag a running one: paused | requested | noop | missing."""
+        ...
+
+    async def resume(self, job_id: int) -> str:
+        """Queue a paused job again, or withdraw a pause request. Returns resumed | noop | missing."""
+        ...
+
+    async def retry(self, job_id: int) -> str:
+        """Queue a failed, cancelled or waiting job afresh. Returns queued | noop | missing."""
+        ...
+
+    async def set_priority(self, job_id: int, priority: int) -> str:
+        """Set a job's priority (higher is claimed first). Returns ok | missing."""
+        ...
+
+    async def remove(self, job_id: int) -> str:
+        """Delete a job's record, not its files. Returns removed | running | missing."""
+        ...
+
+    async def requeue_failed(
+        self, job_id: int, input_path: str, input_paths: list[str] | None = None
+    ) -> None:
+        """Queue a failed or cancelled job again from a new copy of its input (dropped again)."""
+        ...
+
+    async def paused_engines(self) -> tuple[bool, set[str]]:
+        """Whether every engine is held, and the names of the engines held one by one."""
+        ...
+
+    async def pause_engine(self, engine: str | None, paused: bool) -> None:
+        """Hold (or release) every job of one engine, or of all engines when `engine` is None."""
+        ...
+
+    # --- events and daemons -----------------------------------------------------------------------
+
+    async def events(self, job_id: int | None = None, *, limit: int = 200) -> list[Event]:
+        """The latest `limit` events of one job (or of all), oldest first."""
+        ...
+
+    async def register_daemon(self, owner: str, version: str) -> None:
+        """Record a daemon's start. Raises `ValueError` for an owner not made by `owner_id`."""
+        ...
+
+    async def stop_daemon(self, owner: str) -> None:
+        """Record a daemon's clean stop."""
+        ...
+
+    async def data_version(self) -> int:
+        """A number that changes whenever another connection commits: a cheap change poll."""
         ...
