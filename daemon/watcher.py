@@ -154,7 +154,7 @@ class Watcher:
         self,
         settings: WatchSettings,
         router: Router,
-        on_ready: Callable[[list[Ready]], Awaitable[None]],
+        on_ready: Callable[[list[Ready]], Awaitable[object]],
     ) -> None:
         self.settings = settings
         self.router = router

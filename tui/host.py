@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from textual.binding import BindingType
+    from textual.screen import Screen
 
     from dropflow.daemon.core.config import Config
-    from dropflow.tui.data import StoreReader
+    from dropflow.tui.data import DaemonState, Stats, StoreReader
     from dropflow.tui.poll import StorePoller
     from dropflow.tui.query import JobQuery
 
 
 class AppHost(Protocol):
+    BINDINGS: ClassVar[list[BindingType]]
     cfg: Config
     images: str  # image preview mode: auto / sixel / kitty / halfblock / none
     clock: Callable[[], float]
@@ -28,7 +30,13 @@ class AppHost(Protocol):
     engine_names: list[str]
     reader: StoreReader
     poller: StorePoller
-    BINDINGS: list[BindingType]
+    # the app's reactives: the daemon's state, the header's totals, why a supervised daemon exited
+    daemon: DaemonState | None
+    stats: Stats | None
+    daemon_exit: str | None
+
+    @property
+    def screen_stack(self) -> list[Screen[Any]]: ...
 
     def nudge(self) -> None:
         """Read the store again now (after an edit) instead of at the next poll."""

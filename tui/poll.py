@@ -57,8 +57,8 @@ class StorePoller:
     async def run(
         self,
         on_change: Callable[[int], None],
-        on_daemon: Callable[[DaemonState], None],
-        on_stats: Callable[[Stats, dict[str, int]], None],
+        on_daemon: Callable[[DaemonState], object],
+        on_stats: Callable[[Stats, dict[str, int]], object],
     ) -> None:
         """Poll until cancelled. Raises what the store raises (the app restarts the poll)."""
         version: int | None = None

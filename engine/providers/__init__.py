@@ -106,7 +106,8 @@ class ProviderPool:
 
     async def aclose(self) -> None:
         """Close every provider created so far. Never raises."""
-        for provider in [*self._vision.values(), *self._videogen.values()]:
+        providers: list[VisionProvider | VideoGenProvider] = [*self._vision.values(), *self._videogen.values()]
+        for provider in providers:
             await provider.aclose()
         self._vision.clear()
         self._videogen.clear()

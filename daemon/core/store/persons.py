@@ -156,7 +156,7 @@ class SqlitePersons:
         refs: dict[int, int] = {}
         async with self.store.transaction() as db:
             cur = await db.execute("SELECT COALESCE(MAX(id), 0) FROM cluster_persons")
-            next_person = int((await cur.fetchone())[0]) + 1
+            next_person = int((await cur.fetchone() or (0,))[0]) + 1
             new_rows, updates = [], []
             for p in plan.persons:
                 blob = np.asarray(p.mean, dtype=np.float32).tobytes()
@@ -177,7 +177,7 @@ class SqlitePersons:
             )
             # the write lock is held: ids can be handed out here and inserted in bulk
             cur = await db.execute("SELECT COALESCE(MAX(id), 0) FROM cluster_photos")
-            next_photo = int((await cur.fetchone())[0]) + 1
+            next_photo = int((await cur.fetchone() or (0,))[0]) + 1
             photo_rows, face_rows = [], []
             # crops only for each person's best new faces: the rest would be pruned right away
             ranked: dict[int, list[tuple[float, int]]] = {}
