@@ -28,7 +28,7 @@ from dropflow.daemon.intake import Intake, clear_error_sidecar, write_error_side
 from dropflow.daemon.logs import Redactor
 from dropflow.daemon.router import Router
 from dropflow.engine.base import Done, JobContext, Providers, Wait
-from dropflow.engine.errors import DropflowError, ErrorKind, JobCancelled, error_payload
+from dropflow.engine.errors import DropflowError, ErrorKind, InputError, JobCancelled, error_payload
 
 log = logging.getLogger("dropflow.scheduler")
 T = TypeVar("T")
@@ -315,7 +315,12 @@ class Scheduler:
         if unit.error is not None:
             raise unit.error
         if unit.params != job.params or unit.provider != job.provider:
-            await self.store.set_plan(job.id, self.owner, unit.params, unit.provider)
+            other = await self.store.set_plan(job.id, self.owner, unit.params, unit.provider)
+            if other is not None:
+                raise InputError(
+                    f"job {other} already has this content with these params",
+                    hint=f"see `dropflow job {other}`; `dropflow submit --force` runs it again",
+                )
             job.params, job.provider = unit.params, unit.provider
 
     async def _failed(self, job: Job, exc: Exception) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dropflow.engine.cluster import clustering
+from dropflow.engine.cluster import clustering, mst
 from dropflow.engine.cluster.clustering import Settings
 from tests.onnx_standins import adjusted_rand, identity_dataset
 
@@ -60,8 +60,8 @@ def test_scalable_path_agrees_with_exact_hdbscan(monkeypatch: pytest.MonkeyPatch
     """The k-NN graph + Borůvka path, forced on 2500 faces, against the exact all-pairs tree."""
     x, truth = identity_dataset(2500, seed=5)
     exact = clustering.cluster(x, SEED_CONFIG)
-    monkeypatch.setattr(clustering, "EXACT_LIMIT", 100)
-    monkeypatch.setattr(clustering, "CELL", 64)
+    monkeypatch.setattr(mst, "EXACT_LIMIT", 100)
+    monkeypatch.setattr(mst, "CELL", 64)
     fast = clustering.cluster(x, SEED_CONFIG)
     assert adjusted_rand(exact, fast) > 0.99
     assert adjusted_rand(truth, clustering.cluster(x)) > 0.97
@@ -70,11 +70,11 @@ def test_scalable_path_agrees_with_exact_hdbscan(monkeypatch: pytest.MonkeyPatch
 def test_scalable_tree_spans_every_point_even_when_cells_are_isolated(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(clustering, "EXACT_LIMIT", 10)
-    monkeypatch.setattr(clustering, "CELL", 16)
-    monkeypatch.setattr(clustering, "PROBES", 1)  # no cell sees another: only bridges can join them
+    monkeypatch.setattr(mst, "EXACT_LIMIT", 10)
+    monkeypatch.setattr(mst, "CELL", 16)
+    monkeypatch.setattr(mst, "PROBES", 1)  # no cell sees another: only bridges can join them
     x, _ = identity_dataset(400, seed=2)
-    edges = clustering.spanning_tree(clustering.normalise(x))
+    edges = mst.spanning_tree(clustering.normalise(x))
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 

@@ -54,8 +54,11 @@ async def test_a_folder_linked_from_outside_is_not_followed(daemon: RunningDaemo
     outside.mkdir()
     (outside / "notes.txt").write_bytes(SECRET)
     (daemon.cfg.paths.inbox / "record" / "sub").symlink_to(outside, target_is_directory=True)
-    # a file dropped after the link: once its job is done, the scan has seen the link too
-    (daemon.cfg.paths.inbox / "record" / "after.txt").write_bytes(b"after")
+    # a file dropped after the link (renamed in whole, as a producer would): once its job is done,
+    # the scan has seen the link too
+    part = daemon.cfg.paths.inbox / "record" / "after.txt.part"
+    part.write_bytes(b"after")
+    part.rename(part.with_suffix(""))
 
     [job] = await daemon.wait_status(1, ("succeeded", "failed"))
     assert job.input_path.endswith("after.txt") and job.status == "succeeded"

@@ -221,8 +221,11 @@ class JobStore(JobSpawner, TaskRegistry, Protocol):
         """Record progress (clamped to 0..1); False when `owner` no longer holds the job."""
         ...
 
-    async def set_plan(self, job_id: int, owner: str, params: dict[str, Any], provider: str | None) -> None:
-        """Replace a running job's params and provider. Raises `StoreError` when `owner` lost the job."""
+    async def set_plan(
+        self, job_id: int, owner: str, params: dict[str, Any], provider: str | None
+    ) -> int | None:
+        """Replace a running job's params and provider; returns the id of another job with this
+        content and these params instead (nothing changed). Raises `StoreError` when `owner` lost the job."""
         ...
 
     async def save_checkpoint(

@@ -117,7 +117,7 @@ async def _list(store: Store, cfg: Config, batch: str | None, as_json: bool) -> 
 
 async def _busy(repo: SqlitePersons, batch: str) -> list[int]:
     """Jobs of this batch that are running or still have photos to file."""
-    from dropflow.engine.cluster.engine import batch_name
+    from dropflow.engine.cluster.params import batch_name
 
     busy = set(await repo.unfinished_runs(batch))
     for j in await repo.active_cluster_jobs():
@@ -191,7 +191,8 @@ async def rename_person(
 
     from dropflow.daemon.core.persons import check_folder_name
     from dropflow.daemon.core.store.persons import SqlitePersons
-    from dropflow.engine.cluster.engine import SHEETS, refresh_batch
+    from dropflow.engine.cluster.params import SHEETS
+    from dropflow.engine.cluster.report import refresh_batch
 
     clean = check_folder_name(name)
     repo = SqlitePersons(store)
@@ -227,7 +228,8 @@ async def merge_persons(
 
     from dropflow.daemon.core.persons import MARKER
     from dropflow.daemon.core.store.persons import SqlitePersons
-    from dropflow.engine.cluster.engine import SHEETS, refresh_batch
+    from dropflow.engine.cluster.params import SHEETS
+    from dropflow.engine.cluster.report import refresh_batch
 
     repo = SqlitePersons(store)
     if await _busy(repo, batch):

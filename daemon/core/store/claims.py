@@ -20,9 +20,12 @@ from dropflow.daemon.core.store.jobs import job_from_row
 class ClaimsMixin:
     """Claims, leases and the lease-owned outcomes (part of `Store`)."""
 
-    # provided by `_Connection` (connection.py) and `EventsMixin` (events.py); declared here for mypy
+    # provided by `_Connection` (connection.py), `JobsMixin` (jobs.py) and `EventsMixin` (events.py);
+    # declared here for mypy
     db: aiosqlite.Connection
     if TYPE_CHECKING:
+
+        async def get(self, job_id: int) -> Job | None: ...
 
         def transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
 
@@ -158,15 +161,28 @@ class ClaimsMixin:
                 job_id, owner, "progress = ?, progress_message = ?", (max(0.0, min(1.0, progress)), message)
             )
 
-    async def set_plan(self, job_id: int, owner: str, params: dict[str, Any], provider: str | None) -> None:
+    async def set_plan(
+        self, job_id: int, owner: str, params: dict[str, Any], provider: str | None
+    ) -> int | None:
         """Replace a running job's params and provider with those the config gives now (a job about
-        to start from scratch); its dedupe key stays the one it was registered under."""
-        async with self.transaction():
-            if not await self._owned_update(
-                job_id, owner, "params = ?, provider = ?", (json.dumps(params), provider)
-            ):
+        to start from scratch). Returns the id of another job that already has this content with
+        these params (nothing is changed then: the two would be one piece of work), else None."""
+        encoded = json.dumps(params)
+        async with self.transaction() as db:
+            job = await self.get(job_id)
+            if job is not None and not job.forced:
+                cur = await db.execute(
+                    "SELECT id FROM jobs WHERE route = ? AND batch = ? AND content_hash = ? AND params = ?"
+                    " AND forced = 0 AND id != ?",
+                    (job.route, job.batch, job.content_hash, encoded, job_id),
+                )
+                other = await cur.fetchone()
+                if other is not None:
+                    return int(other[0])
+            if not await self._owned_update(job_id, owner, "params = ?, provider = ?", (encoded, provider)):
                 raise StoreError(f"job {job_id} is no longer held by this runner")
             await self._event(job_id, "note", "params and provider taken from the current config")
+            return None
 
     async def save_checkpoint(
         self, job_id: int, owner: str, checkpoint: dict[str, Any], *, remote_task_id: str | None = None

@@ -37,7 +37,7 @@ class JobsMixin:
     # --- inserting --------------------------------------------------------------------------------
 
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> builtins.list[InsertResult]:
-        """Insert a batch in one transaction; a job whose (route, batch, hash) exists is not added.
+        """Insert a batch in one transaction; a job whose (route, batch, hash, params) exists is not added.
 
         A handful of statements per batch, not per job: intake of ten thousand dropped files
         must not cost ten thousand round trips to the database thread.
@@ -94,16 +94,16 @@ class JobsMixin:
                 for j in jobs
                 if not j.forced and (j.route, j.batch, j.content_hash, j.input_path) not in created
             }
-            existing: dict[tuple[str, str, str], int] = {}
+            existing: dict[tuple[str, str, str, str], int] = {}
             hashes = builtins.list(missing)
             for i in range(0, len(hashes), 500):
                 chunk = hashes[i : i + 500]
                 cur = await db.execute(
-                    f"SELECT id, route, batch, content_hash FROM jobs WHERE forced = 0"
+                    f"SELECT id, route, batch, content_hash, params FROM jobs WHERE forced = 0"
                     f" AND content_hash IN ({','.join('?' * len(chunk))})",
                     chunk,
                 )
-                existing.update({(r[1], r[2], r[3]): int(r[0]) for r in await cur.fetchall()})
+                existing.update({(r[1], r[2], r[3], r[4]): int(r[0]) for r in await cur.fetchall()})
             out: builtins.list[InsertResult] = []
             events = []
             status_data = {st: json.dumps({"status": st}) for st in STATUSES}
@@ -114,7 +114,7 @@ class JobsMixin:
                 elif (key := (j.route, j.batch, j.content_hash, j.input_path)) in created:
                     job_id, new = created.pop(key), True
                 else:
-                    found = existing.get((j.route, j.batch, j.content_hash))
+                    found = existing.get((j.route, j.batch, j.content_hash, params_json[id(j.params)]))
                     if found is None:  # pragma: no cover - the unique index guarantees a row
                         raise StoreError(f"insert of {j.input_path} conflicted with nothing")
                     job_id, new = found, False

@@ -156,4 +156,14 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX jobs_priority ON jobs(priority DESC, id);
         """,
     ),
+    (
+        4,
+        "the dedupe key includes the params",
+        """
+        -- the same content with other params is other work (`submit --set fps=2` on a processed
+        -- video); params is the canonical JSON of the validated params, so equal params are equal text
+        DROP INDEX jobs_dedupe;
+        CREATE UNIQUE INDEX jobs_dedupe ON jobs(route, batch, content_hash, params) WHERE forced = 0;
+        """,
+    ),
 ]

@@ -1,0 +1,135 @@
+"""A unit's photos, and the detection journal.
+
+A unit is a folder or a ZIP (unpacked safely into the job's folder first). Face detection results
+are saved chunk by chunk as they come, so a restart continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dropflow.engine import files
+from dropflow.engine.errors import InputError
+from dropflow.engine.media import IMAGE_EXTENSIONS
+
+if TYPE_CHECKING:
+    from dropflow.engine.cluster.faces import PhotoResult
+
+
+# --- sources --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    root: Path  # photos are read (and moved) from here: the unit, or the unpacked ZIP
+    photos: list[tuple[str, Path]]  # (key = path relative to root, path)
+    skipped: list[dict[str, str]]  # left in place: excluded folders, files that are not images
+    staging: Path | None  # the unpacked ZIP, removed when the job is done
+
+
+def collect(unit: Path, staging: Path, exclude: Sequence[str]) -> Source:
+    """Photos of a unit (blocking). A ZIP is unpacked (safely) into `staging` first.
+
+    Raises:
+        InputError: the unit is gone, or the ZIP is unreadable or unsafe.
+    """
+    from dropflow.engine.files import is_ignored_name
+    from dropflow.engine.media import safe_unzip
+
+    if not unit.exists():
+        raise InputError(f"{unit} is gone", hint="drop the folder or ZIP again")
+    if unit.is_dir():
+        root, kept = unit, None
+    else:
+        if staging.exists():
+            shutil.rmtree(staging)  # a half-unpacked ZIP from before a restart: unpack anew
+        safe_unzip(unit, staging, only=IMAGE_EXTENSIONS)
+        root, kept = staging, staging
+    excluded = {e.casefold() for e in exclude}
+    photos: list[tuple[str, Path]] = []
+    skipped: list[dict[str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for d in sorted(dirnames):
+            if d.casefold() in excluded:
+                skipped.append(
+                    {"path": (here / d).relative_to(root).as_posix() + "/", "reason": "excluded folder"}
+                )
+        dirnames[:] = sorted(d for d in dirnames if d.casefold() not in excluded and not is_ignored_name(d))
+        for name in sorted(filenames):
+            if is_ignored_name(name):
+                continue
+            path = here / name
+            key = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                skipped.append({"path": key, "reason": "a symbolic link"})
+            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                photos.append((key, path))
+            else:
+                skipped.append({"path": key, "reason": "not an image"})
+    return Source(root, photos, skipped, kept)
+
+
+# --- detection results, saved as they come ----------------------------------------------------------
+
+
+class Detections:
+    """Per-job detection results in numbered .npz chunk files (atomic writes)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def load(self) -> dict[str, PhotoResult]:
+        from dropflow.engine.cluster.faces import Face, PhotoResult
+
+        out: dict[str, PhotoResult] = {}
+        if not self.folder.is_dir():
+            return out
+        for path in sorted(self.folder.glob("chunk-*.npz")):
+            with np.load(path) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                boxes, scores, emb = z["boxes"], z["scores"], z["emb"]
+                owner, offsets, blob = z["owner"], z["offsets"], bytes(z["thumbs"])
+            for i, m in enumerate(meta):
+                faces = [
+                    Face(
+                        (float(boxes[j, 0]), float(boxes[j, 1]), float(boxes[j, 2]), float(boxes[j, 3])),
+                        float(scores[j]),
+                        emb[j],
+                        blob[offsets[j] : offsets[j + 1]],
+                    )
+                    for j in np.flatnonzero(owner == i)
+                ]
+                size = (int(m["size"][0]), int(m["size"][1])) if m["size"] else None
+                out[m["photo"]] = PhotoResult(m["photo"], size, faces, m["error"])
+        return out
+
+    def next_chunk(self) -> int:
+        return len(list(self.folder.glob("chunk-*.npz"))) if self.folder.is_dir() else 0
+
+    def save(self, number: int, results: Sequence[PhotoResult]) -> None:
+        meta = [{"photo": r.photo, "size": r.size, "error": r.error} for r in results]
+        faces = [(i, f) for i, r in enumerate(results) for f in r.faces]
+        thumbs = [f.thumb for _, f in faces]
+        arrays: dict[str, Any] = {
+            "meta": np.frombuffer(json.dumps(meta, ensure_ascii=False).encode(), dtype=np.uint8),
+            "owner": np.array([i for i, _ in faces], dtype=np.int64),
+            "boxes": np.array([f.box for _, f in faces], dtype=np.float32).reshape(-1, 4),
+            "scores": np.array([f.score for _, f in faces], dtype=np.float32),
+            "emb": np.array([f.embedding for _, f in faces], dtype=np.float32).reshape(len(faces), -1),
+            "offsets": np.concatenate([[0], np.cumsum([len(t) for t in thumbs], dtype=np.int64)]),
+            "thumbs": np.frombuffer(b"".join(thumbs), dtype=np.uint8),
+        }
+        with files.atomic_writer(self.folder / f"chunk-{number:05d}.npz") as fh:
+            np.savez(fh, **arrays)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
