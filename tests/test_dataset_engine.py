@@ -22,7 +22,7 @@ from dropflow.daemon.cli import main as cli_main
 from dropflow.daemon.core import config as config_mod
 from dropflow.daemon.core.config import Config
 from dropflow.daemon.core.jobs import Job
-from dropflow.engine.dataset.formats import check_sharegpt
+from dropflow.engine.dataset.formats import OFFLINE_MARKER, check_sharegpt
 from dropflow.engine.dataset.params import DEFAULT_MODELS
 from dropflow.engine.dataset.unzip import ZIP_SOURCE
 from dropflow.engine.fakes import FakeAnthropic, FakeDashScope, FakeOpenAI, Fault, Prompt
@@ -163,6 +163,7 @@ async def test_dropped_images_become_a_dataset_exactly_once(tmp_path: Path) -> N
         for row in train:
             assert check_sharegpt(row) == []
             assert (ds_dir(cfg, "cats") / row["images"][0]).is_file()
+            assert row[OFFLINE_MARKER] is True  # a placeholder row says so, for whoever trains on it
         for rec in recs:
             assert (
                 rec["offline"] is True

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from dropflow.engine.dataset.answers import check_answer
 from dropflow.engine.dataset.folder import DatasetFolder
 from dropflow.engine.dataset.formats import (
+    OFFLINE_MARKER,
     OPENAI_MAX_IMAGE_BYTES,
     OPENAI_MAX_IMAGES,
     RenderOptions,
@@ -42,10 +43,14 @@ def jpeg(seed: int, size: tuple[int, int] = (40, 30)) -> bytes:
     return buf.getvalue()
 
 
-def build(root: Path, n: int, *, answers: list[str] | None = None) -> DatasetFolder:
-    """A dataset folder with `n` items written the way the engine writes them."""
+def build(
+    root: Path, n: int, *, answers: list[str] | None = None, offline: bool | list[bool] = True
+) -> DatasetFolder:
+    """A dataset folder with `n` items written the way the engine writes them (by the offline
+    provider unless `offline` says otherwise, for all items or per item)."""
     folder = DatasetFolder(root / "pets")
     for i in range(n):
+        by_model = not (offline if isinstance(offline, bool) else offline[i])
         data = jpeg(i)
         digest = hashlib.sha256(data).hexdigest()
         answer = answers[i] if answers else f"A small square, colour number {i}.\nSecond line\u2028same item."
@@ -59,9 +64,9 @@ def build(root: Path, n: int, *, answers: list[str] | None = None) -> DatasetFol
                 system=SYSTEM,
                 width=40,
                 height=30,
-                provider="offline",
-                model="offline-vision",
-                offline=True,
+                provider="openai" if by_model else "offline",
+                model="gpt-4o-mini" if by_model else "offline-vision",
+                offline=not by_model,
                 usage={"input_tokens": 300, "output_tokens": 20, "image_tokens": 256},
                 created=1000.0 + i,
             ),
@@ -214,7 +219,7 @@ def test_val_file_and_entry_disappear_when_the_ratio_goes_back_to_zero(tmp_path:
 
 
 def test_llava_swift_and_openai_files(tmp_path: Path) -> None:
-    folder = build(tmp_path, 4)
+    folder = build(tmp_path, 4, offline=False)
     folder.render(["llava", "swift", "openai"], RenderOptions("pets", folder.root))
     llava = json.loads((folder.root / "llava_train.json").read_text())
     assert isinstance(llava, list) and len(llava) == 4
@@ -228,6 +233,7 @@ def test_llava_swift_and_openai_files(tmp_path: Path) -> None:
         assert path.is_absolute() and path.is_file()
         assert check_sharegpt(row) == []
     stored = {r.hash: (folder.root / r.image).read_bytes() for r in folder.records()}
+    assert len(read_jsonl(folder.root / "openai_train.jsonl")) == 4
     for row in read_jsonl(folder.root / "openai_train.jsonl"):
         msgs = row["messages"]
         assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
@@ -242,7 +248,7 @@ def test_llava_swift_and_openai_files(tmp_path: Path) -> None:
 
 
 def test_openai_skips_what_breaks_its_limits_and_says_so(tmp_path: Path) -> None:
-    folder = build(tmp_path, 2)
+    folder = build(tmp_path, 2, offline=False)
     [first, second] = sorted(folder.records(), key=lambda r: r.created)
     big = folder.root / first.image
     big.write_bytes(big.read_bytes() + b"\0" * (OPENAI_MAX_IMAGE_BYTES + 1))
@@ -296,13 +302,15 @@ def hf_datasets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
 def test_hugging_face_datasets_loads_every_jsonl_and_the_imagefolder(
     hf_datasets: Any, tmp_path: Path
 ) -> None:
-    folder = build(tmp_path, 8)
+    # half of them offline placeholders: their marker is a column like any other for `datasets`
+    folder = build(tmp_path, 8, offline=[i % 2 == 0 for i in range(8)])
     folder.render(
         ["llamafactory", "swift", "llava", "openai", "imagefolder"],
-        RenderOptions("pets", folder.root, val_ratio=0.25),
+        RenderOptions("pets", folder.root, val_ratio=0.25, offline_in_openai=True),
     )
     cache = str(tmp_path / "hf-cache")
     answers = {r.hash[:16]: r.answer for r in folder.records()}
+    offline = {r.hash[:16]: r.offline for r in folder.records()}
 
     sharegpt = hf_datasets.load_dataset(
         "json",
@@ -328,3 +336,4 @@ def test_hugging_face_datasets_loads_every_jsonl_and_the_imagefolder(
         for item in split:
             assert item["image"].size == (40, 30)  # decoded by PIL through `datasets`
             assert item["text"] == answers[item["id"]]
+            assert item[OFFLINE_MARKER] is offline[item["id"]]

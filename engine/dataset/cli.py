@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dropflow.engine.dataset.formats import FORMAT_NAMES
+from dropflow.engine.dataset.formats import FORMAT_NAMES, OFFLINE_MARKER
 from dropflow.engine.errors import EXIT_MISSING, EXIT_USAGE
 
 if TYPE_CHECKING:
@@ -42,7 +42,8 @@ def add_commands(sub: Any) -> None:
         "export",
         help="re-render a dataset in another format from its stored records (calls no model)",
         description="Renders the named format(s) from outputs/dataset/NAME/.records; the format is kept "
-        "up to date by the daemon from then on (it is listed in summary.json).",
+        "up to date by the daemon from then on (it is listed in summary.json). The files of the other "
+        "formats are left as they are, unless --val-ratio or --no-system changes their rows.",
     )
     s.add_argument("name")
     s.add_argument(
@@ -58,6 +59,11 @@ def add_commands(sub: Any) -> None:
         "--val-ratio", type=float, help="validation share, 0..0.5 (default: the dataset's current one)"
     )
     s.add_argument("--no-system", action="store_true", help="leave the system prompt out of the rows")
+    s.add_argument(
+        "--include-offline",
+        action="store_true",
+        help="put offline placeholder items into the openai file too (its rows cannot be marked)",
+    )
     s.set_defaults(fn=cmd_export)
 
 
@@ -77,7 +83,7 @@ def _folder(cfg: Config, name: str) -> DatasetFolder | None:
 def _pending(cfg: Config) -> dict[str, Counter[str]]:
     """Jobs of each dataset that are not finished yet, by status."""
     from dropflow.daemon.core.store import with_store
-    from dropflow.engine.dataset.engine import DEFAULT_DATASET
+    from dropflow.engine.dataset.folder import DEFAULT_DATASET
 
     jobs = with_store(cfg, lambda s: s.list(engine="dataset", status=ACTIVE))
     out: dict[str, Counter[str]] = {}
@@ -89,7 +95,6 @@ def _pending(cfg: Config) -> dict[str, Counter[str]]:
 
 
 def _missing(cfg: Config, name: str) -> int:
-
     known = (
         ", ".join(sorted(p.name for p in _root(cfg).iterdir() if p.is_dir())) if _root(cfg).is_dir() else ""
     )
@@ -154,8 +159,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if pending:
         print("  pending:  " + ", ".join(f"{n} {status}" for status, n in sorted(pending.items())))
     print(f"  provider: {summary.get('provider')}  model {summary.get('model')}")
-    if summary.get("offline_items"):
-        print(f"  offline:  {summary['offline_items']} item(s) hold offline placeholders, not model output")
+    _offline(summary)
     print(
         f"  tokens:   {tokens.get('input', 0):,} in, {tokens.get('output', 0):,} out"
         f" (failures: {tokens.get('failed_input', 0):,} in, {tokens.get('failed_output', 0):,} out)"
@@ -189,14 +193,41 @@ def cmd_export(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     include_system = not args.no_system and bool(previous.get("include_system", True))
     options = RenderOptions(
-        name=folder.name, root=folder.root, val_ratio=val_ratio, include_system=include_system
+        name=folder.name,
+        root=folder.root,
+        val_ratio=val_ratio,
+        include_system=include_system,
+        offline_in_openai=args.include_offline,
     )
-    result = folder.render(list(dict.fromkeys(args.formats)), options)
+    formats = list(dict.fromkeys(args.formats))
+    result = folder.render(formats, options, only=True)
     summary = result.summary
     print(f"dataset {folder.name}: {summary['items']} item(s) rendered from stored records (no model called)")
-    for fmt in args.formats:
+    others = [f for f in result.rendered if f not in formats]
+    if others:
+        print(
+            f"  also rewrote {', '.join(others)}: the split or the system turn changed, and all formats agree"
+        )
+    for fmt in result.rendered:
         paths = summary["files"].get(fmt, [])
         print(f"  {fmt}: " + ", ".join(str(folder.root / p) for p in paths))
         for skip in summary["skipped"].get(fmt, []):
             print(f"    skipped {skip['source']}: {skip['reason']}")
+    _offline(summary)
     return 0
+
+
+def _offline(summary: dict[str, Any]) -> None:
+    """Say loudly that placeholder items are in the dataset, and where their rows went."""
+    n = summary.get("offline_items", 0)
+    if not n:
+        return
+    print(
+        f"  offline:  {n} of {summary['items']} item(s) hold the offline provider's placeholder text, "
+        f'not model output; their rows carry "{OFFLINE_MARKER}": true'
+    )
+    left_out = summary.get("offline_left_out", {})
+    for fmt, count in left_out.items():
+        print(f"            left out of {fmt}: {count} (it cannot mark them; --include-offline puts them in)")
+    if "openai" in summary.get("format", []) and "openai" not in left_out:
+        print("            in openai unmarked (exported with --include-offline)")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from dropflow.engine.base import Done, FileEngine, JobContext, Wait
 from dropflow.engine.dataset.answers import check_answer
-from dropflow.engine.dataset.folder import RENDER_WAIT, DatasetFolder, RenderCoalescer
+from dropflow.engine.dataset.folder import DEFAULT_DATASET, RENDER_WAIT, DatasetFolder, RenderCoalescer
 from dropflow.engine.dataset.formats import RenderOptions
 from dropflow.engine.dataset.images import (
     MB,
@@ -68,7 +68,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dropflow.engine.dataset.engine")
 
-DEFAULT_DATASET = "default"  # images dropped straight into inbox/dataset/
 JSON_INSTRUCTION = "Answer with a single JSON object."
 
 

@@ -40,15 +40,16 @@ from dropflow.engine.dataset.formats import (
     render,
 )
 from dropflow.engine.dataset.records import FailedItem, ItemRecord
-from dropflow.engine.dataset.summary import summarize
+from dropflow.engine.dataset.summary import carry_over, summarize
 
-log = logging.getLogger("dropflow.engine.dataset.engine")
+log = logging.getLogger("dropflow.engine.dataset.folder")
 
 RENDER_MAX_DELAY = 1.0  # while items stream in, the files are rewritten at least this often
 RENDER_WAIT = 1.0  # a guard (see RenderCoalescer) comes back after this long
 GUARD_TTL = 5 * RENDER_WAIT  # a guard not back by then is presumed cancelled: rows find a new one
 GUARD_FORGET = 600.0  # seconds after which a guard that never came back is dropped from memory
 
+DEFAULT_DATASET = "default"  # the dataset of images dropped straight into inbox/dataset/
 RECORDS = ".records"
 FAILED = ".records/failed"
 IMAGES = "images"
@@ -66,6 +67,7 @@ class RecordCache:
 class RenderResult:
     covered: dict[str, float]  # content hash -> `created` of each record version the render saw
     summary: dict[str, Any]
+    rendered: list[FormatName] = field(default_factory=list)  # the formats whose files were rewritten
 
 
 class DatasetFolder:
@@ -154,9 +156,9 @@ class DatasetFolder:
             return None
         return data if isinstance(data, dict) else None
 
-    def kept_formats(self) -> list[FormatName]:
+    def kept_formats(self, summary: dict[str, Any] | None = None) -> list[FormatName]:
         """Formats the last render wrote: an export adds one, and later renders keep it fresh."""
-        prev = (self.summary() or {}).get("format") or []
+        prev = (summary if summary is not None else self.summary() or {}).get("format") or []
         return [f for f in FORMAT_NAMES if f in prev]
 
     # --- rendering ----------------------------------------------------------------------------
@@ -166,16 +168,28 @@ class DatasetFolder:
         formats: Sequence[FormatName],
         options: RenderOptions,
         cache: RecordCache | None = None,
+        *,
+        only: bool = False,
     ) -> RenderResult:
         """Rewrite every file of `formats` (plus those kept from earlier renders) and summary.json.
+
+        `only` (an export): rewrite the files of `formats` alone; the other kept formats' files stay
+        byte for byte, and summary.json keeps what it said of them. Unless the options change the
+        split or the system turn: then every kept format is rewritten, or the formats would
+        disagree on which item is in which split.
 
         Raises OSError when a file cannot be written (the previous version stays in place).
         """
         records = self.records(cache)
         failures = self.failures(exclude={r.hash for r in records})
-        wanted = [f for f in FORMAT_NAMES if f in set(formats) | set(self.kept_formats())]
+        previous = self.summary() or {}
+        wanted = [f for f in FORMAT_NAMES if f in set(formats) | set(self.kept_formats(previous))]
+        same_rows = float(previous.get("val_ratio", options.val_ratio)) == options.val_ratio and bool(
+            previous.get("include_system", options.include_system)
+        ) == bool(options.include_system)
+        todo = [f for f in wanted if f in formats] if only and same_rows else wanted
         plans: list[Plan] = []
-        for fmt in wanted:
+        for fmt in todo:
             plan = render(fmt, records, options)
             self._write_plan(plan)
             plans.append(plan)
@@ -186,10 +200,12 @@ class DatasetFolder:
             plans,
             updated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
+        if todo != wanted:
+            summary = carry_over(summary, previous, wanted)
         files.write_json(self.root / SUMMARY, summary)
         # an item a format had to leave out (listed under `skipped`) is settled all the same:
         # waiting would not bring it in
-        return RenderResult({r.hash: r.created for r in records}, summary)
+        return RenderResult({r.hash: r.created for r in records}, summary, todo)
 
     def _write_plan(self, plan: Plan) -> None:
         if plan.links:

@@ -16,6 +16,10 @@ files in `summary`.
 
 The train/validation split is a pure function of an item's content hash, so it never changes
 when items are added, and every format agrees on it (`records.split_of`).
+
+Items the offline provider answered (`ItemRecord.offline`: a placeholder, no model called) are
+marked with `OFFLINE_MARKER` in every format that tolerates an extra key, and left out of the
+OpenAI file, which has no room for one, unless `RenderOptions.offline_in_openai` asks for them.
 """
 
 from __future__ import annotations
@@ -57,6 +61,11 @@ FORMAT_FILES: dict[FormatName, tuple[str, ...]] = {
 }
 IMAGEFOLDER_DIR = "imagefolder"
 
+# A top-level key the trainers ignore: LLaMA-Factory and ms-swift keep only the columns they map,
+# LLaVA / Qwen-VL read only `image` and `conversations`; `datasets` makes it a column. OpenAI's
+# fine-tuning validator is strict about keys, so its rows do not carry it (see `_openai`).
+OFFLINE_MARKER = "dropflow_offline"
+
 
 @dataclass(frozen=True)
 class RenderOptions:
@@ -64,6 +73,7 @@ class RenderOptions:
     root: Path  # the dataset folder: absolute paths (swift) and image bytes (openai) come from it
     val_ratio: float = 0.0
     include_system: bool = True
+    offline_in_openai: bool = False  # offline placeholder rows go into the openai file, unmarked
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,7 @@ class Plan:
     links: list[ImageLink] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)  # split -> rows written
     skipped: list[dict[str, str]] = field(default_factory=list)  # items a format's limits exclude
+    offline_left_out: int = 0  # offline placeholder items kept out of a format that cannot mark them
 
 
 # --- shared helpers --------------------------------------------------------------------------------
@@ -98,6 +109,22 @@ def jsonl_line(row: Any) -> str:
     """
     text = json.dumps(row, ensure_ascii=False)
     return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") + "\n"
+
+
+def marks_offline(records: Sequence[ItemRecord]) -> bool:
+    """Whether the rows of `records` carry `OFFLINE_MARKER`: all of them, or none.
+
+    The key goes into every row of every file (False for a model's answer) as soon as one item is
+    offline: `datasets` wants the same columns in every row of a JSON file, and imagefolder the
+    same in each split's metadata file.
+    """
+    return any(r.offline for r in records)
+
+
+def _marked(row: dict[str, Any], rec: ItemRecord, marks: bool) -> dict[str, Any]:
+    if marks:
+        row[OFFLINE_MARKER] = rec.offline
+    return row
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> Callable[[], Iterator[str]]:
@@ -174,6 +201,7 @@ def dataset_info(name: str, *, has_val: bool) -> dict[str, Any]:
 def _llamafactory(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("llamafactory")
     names = {"train": "train.jsonl", "validation": "val.jsonl"}
+    marks = marks_offline(records)
     for split, recs in by_split(records, opts.val_ratio).items():
         if split == "validation" and not recs:
             continue
@@ -184,7 +212,7 @@ def _llamafactory(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
             if problems:  # the engine's checks make this unreachable; never ship a row that breaks training
                 plan.skipped.append({"hash": rec.hash, "source": rec.source, "reason": "; ".join(problems)})
                 continue
-            rows.append(row)
+            rows.append(_marked(row, rec, marks))
         plan.files.append(OutputFile(names[split], _jsonl(rows)))
         plan.rows[split] = len(rows)
     info = dataset_info(opts.name, has_val="validation" in plan.rows)
@@ -206,10 +234,11 @@ def swift_row(rec: ItemRecord, root: Path, *, include_system: bool = True) -> di
 def _swift(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("swift")
     names = {"train": "swift_train.jsonl", "validation": "swift_val.jsonl"}
+    marks = marks_offline(records)
     for split, recs in by_split(records, opts.val_ratio).items():
         if split == "validation" and not recs:
             continue
-        rows = [swift_row(r, opts.root, include_system=opts.include_system) for r in recs]
+        rows = [_marked(swift_row(r, opts.root, include_system=opts.include_system), r, marks) for r in recs]
         plan.files.append(OutputFile(names[split], _jsonl(rows)))
         plan.rows[split] = len(rows)
     return plan
@@ -242,10 +271,12 @@ def _json_array(items: list[dict[str, Any]]) -> Callable[[], Iterator[str]]:
 def _llava(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("llava")
     names = {"train": "llava_train.json", "validation": "llava_val.json"}
+    marks = marks_offline(records)
     for split, recs in by_split(records, opts.val_ratio).items():
         if split == "validation" and not recs:
             continue
-        plan.files.append(OutputFile(names[split], _json_array([llava_item(r) for r in recs])))
+        items = [_marked(llava_item(r), r, marks) for r in recs]
+        plan.files.append(OutputFile(names[split], _json_array(items)))
         plan.rows[split] = len(recs)
     return plan
 
@@ -287,6 +318,10 @@ def _openai(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     for split, recs in by_split(records, opts.val_ratio).items():
         keep: list[ItemRecord] = []
         for rec in recs:
+            if rec.offline and not opts.offline_in_openai:
+                # a row here cannot say it is a placeholder, and this file is paid to train on
+                plan.offline_left_out += 1
+                continue
             try:
                 size = (opts.root / rec.image).stat().st_size
             except OSError as exc:
@@ -322,6 +357,7 @@ def imagefolder_row(rec: ItemRecord) -> dict[str, Any]:
 
 def _imagefolder(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("imagefolder")
+    marks = marks_offline(records)
     for split, recs in by_split(records, opts.val_ratio).items():
         if split == "validation" and not recs:
             continue
@@ -329,7 +365,8 @@ def _imagefolder(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
         # and `file_name` may not leave that folder: the images are linked in beside it
         base = f"{IMAGEFOLDER_DIR}/{split}"
         plan.links.extend(ImageLink(f"{base}/{r.image}", r.image) for r in recs)
-        plan.files.append(OutputFile(f"{base}/metadata.jsonl", _jsonl([imagefolder_row(r) for r in recs])))
+        rows = [_marked(imagefolder_row(r), r, marks) for r in recs]
+        plan.files.append(OutputFile(f"{base}/metadata.jsonl", _jsonl(rows)))
         plan.rows[split] = len(recs)
     return plan
 

@@ -7,8 +7,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dropflow.engine.dataset.formats import Plan, RenderOptions
+from dropflow.engine.dataset.formats import FormatName, Plan, RenderOptions
 from dropflow.engine.dataset.records import FailedItem, ItemRecord, by_split
+
+# what summary.json says of each format, by format name: kept as it was for a format whose files
+# a render left alone (see `carry_over`)
+PER_FORMAT = ("files", "skipped", "offline_left_out")
 
 
 def _add(total: dict[str, int], usage: dict[str, int]) -> None:
@@ -66,10 +70,26 @@ def summarize(
         "rejected_answers": sum(len(r.rejected) for r in records),
         "provider": providers[0] if len(providers) == 1 else providers,
         "model": models[0] if len(models) == 1 else models,
+        # items whose answer is the offline provider's placeholder: their rows are marked, or left out
         "offline_items": sum(1 for r in records if r.offline),
         "format": [p.format for p in plans],
         "files": {p.format: [f.path for f in p.files] for p in plans},
         "skipped": {p.format: p.skipped for p in plans if p.skipped},
+        "offline_left_out": {p.format: p.offline_left_out for p in plans if p.offline_left_out},
         "val_ratio": opts.val_ratio,
         "include_system": opts.include_system,
     }
+
+
+def carry_over(
+    summary: dict[str, Any], previous: dict[str, Any], formats: Sequence[FormatName]
+) -> dict[str, Any]:
+    """`summary` of the formats just rendered, plus what `previous` said of the rest of `formats`
+    (their files were left as they were, so what was said of them still holds)."""
+    rendered = set(summary["format"])
+    out = {**summary, "format": list(formats)}
+    for key in PER_FORMAT:
+        new, old = summary[key], previous.get(key) or {}
+        source = {f: new.get(f) if f in rendered else old.get(f) for f in formats}
+        out[key] = {f: v for f, v in source.items() if v is not None}
+    return out
