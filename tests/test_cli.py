@@ -55,7 +55,20 @@ def test_submit_jobs_json_and_job(cfg_path: Path, tmp_path: Path, capsys: pytest
         "note=hi there",
     )
     assert code == EXIT_OK and "job 1: queued" in out
-    code, out, _ = run(capsys, "--config", str(cfg_path), "submit", str(src), "--engine", "record")
+    # the same content with the same params: the dedupe key includes the params
+    code, out, _ = run(
+        capsys,
+        "--config",
+        str(cfg_path),
+        "submit",
+        str(src),
+        "--engine",
+        "record",
+        "--set",
+        "seconds=0.5",
+        "--set",
+        "note=hi there",
+    )
     assert "already has this content" in out
     code, out, _ = run(capsys, "--config", str(cfg_path), "submit", str(src), "--engine", "record", "--force")
     assert "job 2: queued" in out

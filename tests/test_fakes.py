@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from dropflow.engine.fakes import FakeAnthropic, FakeDashScope, FakeOpenAI, Fault
-from dropflow.engine.fakes.server import Prompt, default_answer
+from dropflow.engine.fakes.answers import Prompt, default_answer
 
 KEY = "sk-fake-0123456789abcdef"
 MM = "/services/aigc/multimodal-generation/generation"

@@ -1,7 +1,7 @@
 """Enqueue a file or folder from the browser exactly as `dropflow submit PATH --engine E` does.
 
 The submit logic (route choice, per-unit jobs, params validation, dedupe) lives in
-`dropflow.daemon.cli.cmd_submit`; this calls it rather than copying it, and collects the lines it
+`dropflow.daemon.cli.submit.cmd_submit`; this calls it rather than copying it, and collects the lines it
 prints. Blocking (it runs its own event loop for the store): call it from a thread worker.
 """
 

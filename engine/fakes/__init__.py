@@ -10,10 +10,12 @@ As a subprocess (the first stdout line is the base URL)::
     python -m dropflow.engine.fakes dashscope --port 0 --latency 0.3
 """
 
+from dropflow.engine.fakes.answers import Prompt
 from dropflow.engine.fakes.anthropic import FakeAnthropic
 from dropflow.engine.fakes.dashscope import FakeDashScope
+from dropflow.engine.fakes.faults import Fault
 from dropflow.engine.fakes.openai import FakeOpenAI
-from dropflow.engine.fakes.server import FakeServer, Fault, Prompt, RecordedRequest
+from dropflow.engine.fakes.server import FakeServer, RecordedRequest
 
 FAKES: dict[str, type[FakeServer]] = {
     "dashscope": FakeDashScope,

@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from dropflow.engine.fakes.server import BODY, REQUEST_ID, FakeServer, Prompt
+from dropflow.engine.fakes.answers import Prompt
+from dropflow.engine.fakes.server import BODY, REQUEST_ID, FakeServer
 
 _TYPES = {
     400: "invalid_request_error",

@@ -10,12 +10,12 @@ loop, so synchronous tests, asyncio tests and a daemon subprocess can all reach 
 
 Subclasses add routes and say how their provider spells an error (`error_body`, `default_codes`).
 Everything the test thread reads is guarded by one lock: handlers run on the server thread.
+What a fault is lives in `faults.py`, what a fake answers in `answers.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import threading
 import time
@@ -23,54 +23,14 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Self
 
 from aiohttp import web
 
+from dropflow.engine.fakes.answers import Prompt, default_answer, token_usage
+from dropflow.engine.fakes.faults import Fault
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One injected misbehaviour, consumed by the next request (of `endpoint`, when given).
-
-    kinds: ``error`` (a JSON error body in the provider's own format), ``html`` (an HTML error
-    page, as a load balancer sends), ``drop`` (the connection is closed without a response),
-    ``stall`` (the answer is delayed by `seconds`, to trigger client timeouts).
-    """
-
-    kind: Literal["error", "html", "drop", "stall"]
-    status: int = 500
-    code: str = ""
-    message: str = ""
-    retry_after: float | None = None
-    seconds: float = 0.0
-    endpoint: str | None = None
-
-    @classmethod
-    def error(
-        cls,
-        status: int,
-        code: str = "",
-        message: str = "",
-        *,
-        retry_after: float | None = None,
-        endpoint: str | None = None,
-    ) -> Fault:
-        """A JSON error; an empty `code` becomes the provider's usual code for `status`."""
-        return cls("error", status, code, message, retry_after, endpoint=endpoint)
-
-    @classmethod
-    def html(cls, status: int = 500, *, endpoint: str | None = None) -> Fault:
-        return cls("html", status, endpoint=endpoint)
-
-    @classmethod
-    def drop(cls, *, endpoint: str | None = None) -> Fault:
-        return cls("drop", endpoint=endpoint)
-
-    @classmethod
-    def stall(cls, seconds: float, *, endpoint: str | None = None) -> Fault:
-        return cls("stall", seconds=seconds, endpoint=endpoint)
 
 
 @dataclass
@@ -85,67 +45,6 @@ class RecordedRequest:
     status: int = 0  # what the fake answered (0 while in flight, or for a dropped connection)
     request_id: str = ""  # the id the fake sent back (header and body)
     at: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class Prompt:
-    """A provider-neutral summary of one chat request, from which fakes derive their answer."""
-
-    texts: list[str] = field(default_factory=list)
-    images: list[str] = field(default_factory=list)  # URLs / data URLs / base64 payloads
-    frames: list[str] = field(default_factory=list)
-    audios: list[str] = field(default_factory=list)  # data URLs / URLs / base64 payloads of audio parts
-    fps: float | None = None
-    system: str | None = None
-    json_mode: bool = False
-    model: str = ""
-
-    def digest(self) -> str:
-        fields: list[Any] = [self.system, self.texts, self.images, self.frames, self.fps]
-        if self.audios:  # only when present, so digests of requests without audio stay as they were
-            fields.append(self.audios)
-        blob = json.dumps(fields, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-def default_answer(provider: str, prompt: Prompt) -> str:
-    """Deterministic: the same request always gets the same words (and the digest echoes it)."""
-    head = " ".join(" ".join(prompt.texts).split())[:60]
-    summary = (
-        f"fake {provider} answer from {prompt.model or 'model'}: {len(prompt.images)} image(s), "
-        f"{len(prompt.frames)} frame(s)"
-    )
-    if prompt.fps is not None:
-        summary += f" at {prompt.fps:g} fps"
-    if prompt.audios:
-        summary += f", {len(prompt.audios)} audio clip(s)"
-    summary += f"; digest {prompt.digest()}; prompt: {head}"
-    if prompt.json_mode:
-        return json.dumps(
-            {
-                "caption": summary,
-                "images": len(prompt.images),
-                "frames": len(prompt.frames),
-                "digest": prompt.digest(),
-            }
-        )
-    return summary
-
-
-def token_usage(prompt: Prompt, answer: str) -> dict[str, int]:
-    """Token counts derived from the content: ~4 characters per text token, fixed costs per picture."""
-    text_tokens = sum(len(t) for t in prompt.texts) // 4 + len(prompt.system or "") // 4 + 1
-    image_tokens = 256 * len(prompt.images)
-    video_tokens = 64 * len(prompt.frames)
-    audio_tokens = 128 * len(prompt.audios)
-    return {
-        "text_tokens": text_tokens,
-        "image_tokens": image_tokens,
-        "video_tokens": video_tokens,
-        "audio_tokens": audio_tokens,
-        "input_tokens": text_tokens + image_tokens + video_tokens + audio_tokens,
-        "output_tokens": max(1, len(answer.split())),
-    }
 
 
 # per-request storage, set by the shared middleware for the handlers

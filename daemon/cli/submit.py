@@ -1,0 +1,110 @@
+"""`dropflow submit PATH`: enqueue a file or folder in place, by `--engine` or by route and file type.
+
+`dropflow.tui.enqueue` calls `cmd_submit` too, so the browser queues exactly what the command does.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dropflow.daemon.cli.setup import load_config
+from dropflow.daemon.core.jobs import NewJob
+from dropflow.daemon.core.store import with_store
+from dropflow.engine.errors import EXIT_OK, ConfigError, InputError
+
+
+def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r} is not key=value", hint="e.g. --set fps=2.0")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from dropflow.daemon.daemon import load_plugins
+    from dropflow.daemon.router import Router
+    from dropflow.engine import files
+
+    cfg = load_config(args)
+    load_plugins(cfg)
+    router = Router(cfg)
+    path = Path(args.path).expanduser().resolve()
+    if not path.exists():
+        raise InputError(f"{path} does not exist", hint="check the path")
+    route = None
+    if args.engine:
+        route = next((r for r in cfg.routes if r.engine == args.engine), None)
+        if route is None:
+            from dropflow.daemon.core.config import Route
+
+            router.engine(args.engine)  # unknown engine -> ConfigError with the known names
+            route = Route(name=f"submit:{args.engine}", folder="submit", engine=args.engine)
+    else:
+        found = router.unit_root(path)
+        if found is not None:
+            route = found[0]
+        else:
+            for r in cfg.routes:
+                eng = router.engine(r.engine)
+                if (path.is_dir() and eng.unit == "folder") or (path.is_file() and eng.inputs_for(path)):
+                    route = r
+                    break
+    if route is None:
+        raise InputError(
+            f"no route takes {path}",
+            hint="name an engine with --engine (annotate, dataset, video-gen, cluster)",
+        )
+    eng = router.engine(route.engine)
+    params = router.validate_params(route, {**route.params, **_parse_sets(args.set)}, [])
+    units: list[tuple[Path, list[Path], str]] = []
+    if path.is_dir() and eng.unit == "file":
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            inputs = eng.inputs_for(f)
+            if inputs is not None and not f.name.startswith("."):
+                units.append((f, inputs, path.name))
+    else:
+        inputs = [path] if path.is_dir() else eng.inputs_for(path)
+        if inputs is None:
+            raise InputError(
+                f"engine {route.engine!r} does not take {path.name}", hint="choose another --engine"
+            )
+        units.append((path, inputs, path.name if eng.unit == "folder" else ""))
+    if not units:
+        raise InputError(f"nothing in {path} that engine {route.engine!r} takes", hint="check the file types")
+    new = [
+        NewJob(
+            engine=route.engine,
+            route=route.name,
+            input_path=str(unit),
+            input_paths=[str(p) for p in inputs],
+            content_hash=files.content_hash(unit),
+            batch=batch,
+            source="submit",
+            provider=route.provider,
+            params=params,
+            priority=args.priority if args.priority is not None else route.priority,
+            max_attempts=route.max_attempts or cfg.scheduler.max_attempts,
+            forced=args.force,
+        )
+        for unit, inputs, batch in units
+    ]
+    results = with_store(cfg, lambda s: s.insert_jobs(new))
+    for nj, res in zip(new, results, strict=True):
+        if res.created:
+            print(f"job {res.job_id}: queued {nj.input_path} ({route.engine})")
+        else:
+            print(
+                f"job {res.job_id}: already has this content ({nj.input_path}); use --force to run it again"
+            )
+    return EXIT_OK
