@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dropflow.daemon.cli import EXIT_CONFIG, EXIT_MISSING, EXIT_OK, EXIT_STATE, main
+from dropflow.daemon.cli import EXIT_CONFIG, EXIT_MISSING, EXIT_OK, EXIT_STATE, EXIT_USAGE, main
 from tests.conftest import write_config
 
 
@@ -69,13 +69,17 @@ def test_submit_jobs_json_and_job(cfg_path: Path, tmp_path: Path, capsys: pytest
         "--set",
         "note=hi there",
     )
-    assert "already has this content" in out
+    assert code == EXIT_STATE, "a true duplicate is not success"
+    assert "already has this content with these params" in out and "--force" in out
+    # other params are other work
+    code, out, _ = run(capsys, "--config", str(cfg_path), "submit", str(src), "--engine", "record")
+    assert code == EXIT_OK and "job 2: queued" in out
     code, out, _ = run(capsys, "--config", str(cfg_path), "submit", str(src), "--engine", "record", "--force")
-    assert "job 2: queued" in out
+    assert "job 3: queued" in out
 
     code, out, _ = run(capsys, "--config", str(cfg_path), "jobs", "--json")
     jobs = json.loads(out)
-    assert [j["id"] for j in jobs] == [1, 2]
+    assert [j["id"] for j in jobs] == [1, 2, 3]
     first = jobs[0]
     assert {"id", "engine", "status", "input", "progress", "outputs", "error"} <= set(first)
     assert first["status"] == "queued" and first["input"] == str(src) and first["error"] is None
@@ -155,3 +159,55 @@ def test_dropflow_config_env_var(
     monkeypatch.setenv("DROPFLOW_CONFIG", str(cfg_path))
     code, out, _ = run(capsys, "jobs")
     assert code == EXIT_OK and "no jobs" in out
+
+
+def test_a_bad_set_is_blamed_on_the_command_line(
+    cfg_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "talk.txt"
+    src.write_text("x")
+    code, _, err = run(
+        capsys, "--config", str(cfg_path), "submit", str(src), "--engine", "record", "--set", "fsp=2"
+    )
+    assert code == EXIT_CONFIG
+    assert "the command line (--set fsp=2)" in err and "config.yaml" not in err.split("fix:")[0]
+
+
+def test_pausing_an_unknown_engine_is_an_error(cfg_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "--config", str(cfg_path), "pause", "--engine", "nope")
+    assert code == EXIT_USAGE and "unknown engine 'nope'" in err and "record" in err
+    code, out, _ = run(capsys, "--config", str(cfg_path), "pause", "--engine", "record")
+    assert code == EXIT_OK and "paused engine record" in out
+
+
+def test_config_is_accepted_after_the_command(
+    cfg_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./config.yaml here: only the option can find it
+    code, out, _ = run(capsys, "jobs", "--config", str(cfg_path), "--json")
+    assert code == EXIT_OK and json.loads(out) == []
+    code, out, _ = run(capsys, "dataset", "list", "--config", str(cfg_path))
+    assert code == EXIT_OK
+    code, _, err = run(capsys, "jobs", "--json")
+    assert code == EXIT_CONFIG, "without it, the default still applies"
+
+
+def test_submit_does_not_read_through_a_link_out_of_its_folder(
+    cfg_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0")
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    (folder / "ok.txt").write_text("fine")
+    (folder / "x.txt").symlink_to(secret)
+    code, _, err = run(capsys, "--config", str(cfg_path), "submit", str(folder), "--engine", "record")
+    assert code != EXIT_OK and str(folder / "x.txt") in err and str(secret) in err
+    code, _, err = run(
+        capsys, "--config", str(cfg_path), "submit", str(folder / "x.txt"), "--engine", "record"
+    )
+    assert code != EXIT_OK and "outside the inbox" in err
+    (folder / "x.txt").unlink()
+    (folder / "y.txt").symlink_to(folder / "ok.txt")  # a link within the submitted folder is fine
+    code, out, _ = run(capsys, "--config", str(cfg_path), "submit", str(folder), "--engine", "record")
+    assert code == EXIT_OK and "queued" in out

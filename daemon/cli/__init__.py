@@ -129,7 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_commands(sub)
+    _config_anywhere(p)
     return p
+
+
+def _config_anywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept `--config` after the subcommand too (`dropflow daemon --config X`, as users type it):
+    every subcommand, nested ones included, takes it; given nowhere, the top-level default stands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not any("--config" in a.option_strings for a in child._actions):
+                    child.add_argument(
+                        "--config", default=argparse.SUPPRESS, help="config file (as before the command)"
+                    )
+                _config_anywhere(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -137,6 +137,17 @@ def cmd_pause_resume(args: argparse.Namespace, pause: bool) -> int:
         print(f"say what to {verb}: a job ID, --engine NAME or --all", file=sys.stderr)
         return EXIT_USAGE
     cfg = load_config(args)
+    if args.engine and not args.all:
+        from dropflow.daemon.daemon import load_plugins
+        from dropflow.engine import registry
+
+        load_plugins(cfg)
+        if args.engine not in registry.names():
+            print(
+                f"unknown engine {args.engine!r}; known engines: {', '.join(registry.names())}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
     with_store(cfg, lambda s: s.pause_engine(None if args.all else args.engine, pause))
     print(f"{verb}d {'all engines' if args.all else 'engine ' + args.engine}")
     return EXIT_OK

@@ -106,9 +106,9 @@ def cmd_config(args: argparse.Namespace) -> int:
     for r in rows:
         print("  " + "  ".join(str(r[c]).ljust(widths[c]) for c in cols))
     problems = 0
-    for r in cfg.routes:
+    for route in cfg.routes:
         try:
-            router.validate_params(r, r.params, [])
+            router.validate_params(route, route.params, [])
         except ConfigError as exc:
             problems += 1
             print(f"\n{render(exc)}")

@@ -15,7 +15,7 @@ import yaml
 from dropflow.daemon.cli.setup import load_config
 from dropflow.daemon.core.jobs import NewJob
 from dropflow.daemon.core.store import with_store
-from dropflow.engine.errors import EXIT_OK, ConfigError, InputError
+from dropflow.engine.errors import EXIT_OK, EXIT_STATE, ConfigError, InputError
 
 
 def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
@@ -39,9 +39,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     load_plugins(cfg)
     router = Router(cfg)
-    path = Path(args.path).expanduser().resolve()
+    # not resolved: a link is judged by where it really leads, below
+    path = Path(args.path).expanduser().absolute()
     if not path.exists():
         raise InputError(f"{path} does not exist", hint="check the path")
+    # what may be read: the submitted folder (or the submitted file's folder), and the inbox
+    roots = (path if path.is_dir() else path.parent, cfg.paths.inbox)
+    files.check_inside(path, *roots, what="submit")
     route = None
     if args.engine:
         route = next((r for r in cfg.routes if r.engine == args.engine), None)
@@ -66,12 +70,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
             hint="name an engine with --engine (annotate, dataset, video-gen, cluster)",
         )
     eng = router.engine(route.engine)
-    params = router.validate_params(route, {**route.params, **_parse_sets(args.set)}, [])
+    sets = _parse_sets(args.set)
+    params = router.validate_params(route, {**route.params, **sets}, [], command_line=sets)
     units: list[tuple[Path, list[Path], str]] = []
     if path.is_dir() and eng.unit == "file":
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
             inputs = eng.inputs_for(f)
             if inputs is not None and not f.name.startswith("."):
+                for p in inputs:
+                    files.check_inside(p, *roots, what="submit")
                 units.append((f, inputs, path.name))
     else:
         inputs = [path] if path.is_dir() else eng.inputs_for(path)
@@ -91,7 +98,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             content_hash=files.content_hash(unit),
             batch=batch,
             source="submit",
-            provider=route.provider,
+            provider=route.provider or router.default_provider(),
             params=params,
             priority=args.priority if args.priority is not None else route.priority,
             max_attempts=route.max_attempts or cfg.scheduler.max_attempts,
@@ -105,6 +112,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(f"job {res.job_id}: queued {nj.input_path} ({route.engine})")
         else:
             print(
-                f"job {res.job_id}: already has this content ({nj.input_path}); use --force to run it again"
+                f"job {res.job_id}: already has this content with these params ({nj.input_path});"
+                " use --force to run it again"
             )
-    return EXIT_OK
+    # nothing queued: a true duplicate is not success (different params would have been new work)
+    return EXIT_OK if any(r.created for r in results) else EXIT_STATE

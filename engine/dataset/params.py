@@ -54,7 +54,7 @@ class DatasetParams(Params):
         description="Longest image side sent and stored (capped by the provider's limit).",
     )
     formats: list[FormatName] = Field(
-        default_factory=lambda: ["llamafactory"],
+        default_factory=lambda: list[FormatName](["llamafactory"]),
         min_length=1,
         description=f"Output formats: {', '.join(FORMAT_NAMES)}.",
     )
