@@ -197,6 +197,9 @@ async def test_no_key_runs_offline_end_to_end(tmp_path: Path, clips: dict[str, P
         doc["offline"] is True and doc["mode"] == "two_stage" and "offline placeholder" in doc["annotation"]
     )
     assert doc["asr"]["status"] == "transcribed"
+    txt = Path(next(o for o in job.outputs if o.endswith(".txt"))).read_text().splitlines()
+    assert txt[1].startswith("Model: offline placeholder"), "the model line does not claim a model wrote it"
+    assert job.provider == "offline", "the queue says the job runs offline, not 'default'"
 
 
 async def test_cli_submit_with_set_overrides(

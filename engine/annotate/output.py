@@ -133,7 +133,10 @@ def write_outputs(o: Outcome, output_dir: Path) -> list[Path]:
     }
     lines = [
         f"Video: {o.video.name}",
-        f"Model: {p.model}",
+        # offline answers are placeholders: the model line must not claim a model wrote them
+        f"Model: offline placeholder (no model was called; {p.model} with a key)"
+        if o.provider.offline
+        else f"Model: {p.model}",
         f"FPS: {round(fps, 3)}",
         f"Processing time: {elapsed:.2f} seconds",
         f"Date: {now:%Y-%m-%d %H:%M:%S}",
