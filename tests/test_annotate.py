@@ -632,6 +632,10 @@ async def test_unreadable_and_oversized_videos_are_input_errors(h: Harness, ds: 
         fh.truncate(1024**3 + 1)  # sparse: no disk used
     with pytest.raises(InputError, match=r"huge\.mov is 1\.00 GB, over the 1 GB cap"):
         await h.annotate(huge)
+    zero = h.inbox / "zero.mp4"
+    zero.write_bytes(b"")
+    with pytest.raises(InputError, match=r"zero\.mp4 is empty \(0 bytes\)"):
+        await h.annotate(zero)
     assert ds.count() == 0
 
 

@@ -146,6 +146,11 @@ class Run:
             size = video.stat().st_size
         except FileNotFoundError:
             raise InputError(f"{video} no longer exists", hint="drop the video again") from None
+        if size == 0:
+            raise InputError(
+                f"{video.name} is empty (0 bytes)",
+                hint="the copy or download may have failed; drop the video again",
+            )
         if size > MAX_VIDEO_BYTES:
             raise InputError(
                 f"{video.name} is {size / 1024**3:.2f} GB, over the 1 GB cap",
