@@ -58,6 +58,11 @@ def link_outside(path: Path, *roots: Path) -> Path | None:
 def check_inside(path: Path, *roots: Path, what: str = "") -> None:
     """Raise `InputError` when `path` is a link out of every one of `roots` (see `link_outside`)."""
     target = link_outside(path, *roots)
+    if target is not None and target == Path(os.path.abspath(path)):  # no link: a path named outside
+        raise InputError(
+            f"{what or path.name}: {path} lies outside the inbox; dropflow reads only what is in it",
+            hint="put the file into the inbox (beside the video) or the prompts folder",
+        )
     if target is not None:
         raise InputError(
             f"{what or path.name}: {path} is a link to {target}, outside the inbox; dropflow does not "

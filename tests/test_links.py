@@ -60,8 +60,11 @@ async def test_a_folder_linked_from_outside_is_not_followed(daemon: RunningDaemo
     part.write_bytes(b"after")
     part.rename(part.with_suffix(""))
 
-    [job] = await daemon.wait_status(1, ("succeeded", "failed"))
-    assert job.input_path.endswith("after.txt") and job.status == "succeeded"
+    jobs = await daemon.wait_status(1, ("succeeded", "failed"))
+    seen = [(j.input_path, j.status, j.error_message) for j in jobs]
+    assert len(jobs) == 1, f"nothing under the linked folder becomes a job: {seen}"
+    [job] = jobs
+    assert job.input_path.endswith("after.txt") and job.status == "succeeded", seen
     await daemon.wait_status(1, ("succeeded",))
     assert len(await daemon.store.list()) == 1, "nothing under the linked folder became a job"
     assert {r["job"] for r in read_runs(daemon.cfg.paths.state)} == {job.id}
@@ -93,3 +96,39 @@ def test_check_inside_names_the_link_and_its_target(tmp_path: Path) -> None:
     inner = root / "inner.jpg"
     inner.symlink_to(link)  # a link to a link that leaves: resolved to the end
     assert files.link_outside(inner, root) == Path(os.path.realpath(target))
+
+
+def test_a_path_named_outside_without_a_link_is_refused_too(tmp_path: Path) -> None:
+    root = tmp_path / "inbox"
+    root.mkdir()
+    outside = tmp_path / "face.jpg"
+    outside.write_bytes(b"x")
+    with pytest.raises(InputError, match="lies outside the inbox"):
+        files.check_inside(outside, root, what="reference photo of role 'Ann'")
+    with pytest.raises(InputError, match="lies outside the inbox"):
+        files.check_inside(root / ".." / "face.jpg", root)
+
+
+def test_a_roles_photo_outside_what_the_job_may_read_is_refused(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from dropflow.engine.annotate.params import Role
+    from dropflow.engine.annotate.sidecars import role_photo_parts
+
+    inbox, prompts = tmp_path / "inbox", tmp_path / "prompts"
+    inbox.mkdir()
+    prompts.mkdir()
+    secret = tmp_path / "private.jpg"
+    Image.new("RGB", (32, 32)).save(secret)
+    (inbox / "ann.jpg").symlink_to(secret)
+
+    def check(path: Path, what: str = "") -> None:
+        files.check_inside(path, inbox, prompts, what=what)
+
+    for ref in (str(secret), "ann.jpg", "../private.jpg"):
+        role = Role(name="Ann", photos=[ref])
+        with pytest.raises(InputError, match="reference photo of role 'Ann'"):
+            role_photo_parts([role], [inbox, prompts], 256, 80, check)
+    Image.new("RGB", (32, 32)).save(inbox / "bob.jpg")
+    parts = role_photo_parts([Role(name="Bob", photos=["bob.jpg"])], [inbox, prompts], 256, 80, check)
+    assert len(parts) == 2, "a photo beside the video is read"

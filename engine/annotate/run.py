@@ -80,7 +80,7 @@ class Run:
         photos: list[Part] = []
         if any(r.photos for r in roles):
             photos = await asyncio.to_thread(
-                role_photo_parts, roles, self.photo_places, p.max_side, p.jpeg_quality
+                role_photo_parts, roles, self.photo_places, p.max_side, p.jpeg_quality, ctx.check_readable
             )
 
         sampling = await self._sample()

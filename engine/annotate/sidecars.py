@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,12 +84,18 @@ def roles_text(roles: Sequence[Role]) -> str:
 
 
 def role_photo_parts(
-    roles: Sequence[Role], places: Sequence[Path], max_side: int, quality: int
+    roles: Sequence[Role],
+    places: Sequence[Path],
+    max_side: int,
+    quality: int,
+    check: Callable[..., None] = lambda path, what="": None,
 ) -> list[Part]:
     """Each role's reference photos, labelled, as parts (blocking: reads and re-encodes images).
+    `check(path, what=...)` refuses a path the job may not read (`JobContext.check_readable`).
 
     Raises:
-        InputError: a photo is missing or not an image.
+        InputError: a photo is missing, not an image, or a link (or path) out of what the job
+        may read.
     """
     from dropflow.engine.media import load_image, to_jpeg
 
@@ -107,6 +113,7 @@ def role_photo_parts(
                     f"{', '.join(str(p) for p in places)})",
                     hint="put the photo beside the video or in the prompts folder, or fix its path",
                 )
+            check(path, what=f"reference photo of role {role.name!r}")
             parts.append(ImagePart(data=to_jpeg(load_image(path), max_side=max_side, quality=quality)))
     return parts
 
