@@ -188,7 +188,7 @@ def test_config_is_accepted_after_the_command(
     assert code == EXIT_OK and json.loads(out) == []
     code, out, _ = run(capsys, "dataset", "list", "--config", str(cfg_path))
     assert code == EXIT_OK
-    code, _, err = run(capsys, "jobs", "--json")
+    code, _, _ = run(capsys, "jobs", "--json")
     assert code == EXIT_CONFIG, "without it, the default still applies"
 
 

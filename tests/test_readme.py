@@ -11,7 +11,12 @@ from dropflow.daemon.core.config import load_override
 from dropflow.engine import registry
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-ENGINE_OF_FOLDER = {"annotate": "annotate", "dataset": "dataset", "video-gen": "video-gen", "cluster": "cluster"}
+ENGINE_OF_FOLDER = {
+    "annotate": "annotate",
+    "dataset": "dataset",
+    "video-gen": "video-gen",
+    "cluster": "cluster",
+}
 
 
 def override_examples() -> list[tuple[str, str]]:

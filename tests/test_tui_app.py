@@ -5,6 +5,7 @@ enqueue from the folder browser, the command palette and the help."""
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from rich.console import Console
 from textual import events
 from textual.pilot import Pilot
-from textual.widgets import Static
+from textual.widgets import OptionList, Static
 from textual.widgets.tree import TreeNode
 
 from dropflow.daemon.core.config import Config
@@ -238,6 +239,35 @@ async def test_progress_updates_live(project: Config) -> None:
         assert "step 0.8" in _plain(app, app.screen.query_one("#job-info", Static).content)
 
 
+async def test_a_finished_job_shows_no_stale_progress(project: Config) -> None:
+    """A job paused mid-run and then cancelled, and one that failed mid-run, keep their last
+    progress in the store ("segment 3/5", 60%); their rows must not show it as if it were live."""
+    [cancelled, failed, running] = await add_jobs(project, 3)
+    owner = owner_id()
+    async with Store.open(project.paths.database) as worker:
+        claimed = await worker.claim(owner, slots=3, engine_slots={}, lease_seconds=30)
+        assert sorted(j.id for j in claimed) == [cancelled, failed, running]
+        for job_id in (cancelled, failed, running):
+            await worker.set_progress(job_id, owner, 0.6, "segment 3/5")
+        await worker.release(cancelled, owner, to="paused", message="paused by user")
+        assert await worker.cancel(cancelled) == "cancelled"
+        error = {"kind": "provider", "message": "the provider refused", "hint": None}
+        await worker.fail(failed, owner, error, retry_at=None)
+    app = make_app(project)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await queue_ready(pilot)
+        info = app.screen.query_one("#job-info", Static)
+        for job_id, status in ((cancelled, "cancelled"), (failed, "failed")):
+            await select_job(pilot, job_id)
+            await until(pilot, lambda j=job_id: f"#{j} " in _plain(app, info.content), "info line")  # type: ignore[misc]
+            line = table(app).render_line(1).text
+            assert status in line and "60%" not in line, line
+            assert "segment 3/5" not in _plain(app, info.content)
+        await select_job(pilot, running)  # work still running shows its progress
+        await until(pilot, lambda: "segment 3/5" in _plain(app, info.content), "live progress")
+        assert "60%" in table(app).render_line(1).text
+
+
 async def test_header_follows_the_daemon_up_and_down(project: Config) -> None:
     await add_jobs(project, 3)
     app = make_app(project)
@@ -382,6 +412,53 @@ async def test_job_detail_shows_error_hint_params_events_output_preview_and_log(
         await until(pilot, lambda: "succeeded: 1 output(s)" in _plain(app, body.content), "new line followed")
 
 
+async def test_log_tab_keeps_following_when_an_older_read_ends_last(
+    project: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow read of the log (a big file, a busy disk) must not put older lines back over newer
+    ones: the tab shows the file as it is now, with no reopening of the tab."""
+    import itertools
+    import threading
+
+    from dropflow.tui.screens import detail
+
+    [job_id] = await add_jobs(project, 1)
+    log = project.paths.logs / "dropflow.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"x INFO job {job_id} started\n")
+    first_done = threading.Event()
+    reads = itertools.count()
+    real = detail.job_lines
+
+    def slow_first_read(*args: object, **kwargs: object) -> list[str]:
+        lines = real(*args, **kwargs)  # type: ignore[arg-type]
+        if next(reads) == 0:
+            time.sleep(2.0)  # the file grows meanwhile, and a newer read ends first
+            first_done.set()
+        return lines
+
+    monkeypatch.setattr(detail, "job_lines", slow_first_read)
+    app = make_app(project)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await queue_ready(pilot)
+        await pilot.press("enter")
+        await until(
+            pilot, lambda: isinstance(app.screen, JobDetailScreen) and app.screen.job is not None, "detail"
+        )
+        await pilot.press("4")
+        await pilot.pause(0.2)
+        with log.open("a") as fh:
+            fh.write(f"x INFO job {job_id} succeeded: 1 output(s)\n")
+        body = app.screen.query_one("#log-body", Static)
+        await until(pilot, first_done.is_set, "the slow read ended")
+        await pilot.pause(0.3)
+        await until(
+            pilot, lambda: "succeeded: 1 output(s)" in _plain(app, body.content), "newest lines shown"
+        )
+        await pilot.pause(1.5)
+        assert "succeeded: 1 output(s)" in _plain(app, body.content), "and kept"
+
+
 def _plain(app: DropflowApp, renderable: object) -> str:
     """What a renderable shows, as plain text (no colours)."""
     console = Console(width=200, color_system=None, file=io.StringIO())
@@ -417,6 +494,73 @@ async def test_command_palette_pauses_all_engines_and_help_lists_the_keys(projec
             "Quit",
         ):
             assert what in help_text, what
+
+
+async def test_resume_all_engines_in_the_palette_also_releases_each_engine_s_own_pause(
+    project: Config,
+) -> None:
+    await add_jobs(project, 1)
+    async with Store.open(project.paths.database) as store:
+        await store.pause_engine(None, True)
+        await store.pause_engine("record", True)
+        await store.pause_engine("cluster", True)
+    app = make_app(project)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await queue_ready(pilot)
+        await until(pilot, lambda: app.stats is not None and app.stats.paused_all, "paused read")
+        await pilot.press("ctrl+p")
+        await pilot.press(*"Resume all engines")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await until(pilot, lambda: app.stats is not None and not app.stats.paused_all, "resumed")
+        await until(pilot, lambda: app.stats is not None and app.stats.paused_engines == (), "engines too")
+        assert await app.store.paused_engines() == (False, set())
+
+
+async def test_j_and_k_move_in_every_list(project: Config) -> None:
+    out = project.paths.outputs / "record"
+    out.mkdir(parents=True)
+    for name in ("a.json", "b.json", "c.json"):
+        (out / name).write_text("{}")
+    [job_id] = await add_jobs(project, 1)
+    async with Store.open(project.paths.database) as store:
+        outputs = json.dumps([str(out / n) for n in ("a.json", "b.json", "c.json")])
+        await store.db.execute(
+            "UPDATE jobs SET status = 'succeeded', outputs = ? WHERE id = ?", (outputs, job_id)
+        )
+    app = make_app(project)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await queue_ready(pilot)
+        await pilot.press("enter")
+        await until(
+            pilot, lambda: isinstance(app.screen, JobDetailScreen) and app.screen.job is not None, "detail"
+        )
+        await pilot.press("3")
+        outputs_list = app.screen.query_one("#outputs-list", OptionList)
+        await until(pilot, lambda: outputs_list.highlighted == 0, "first output highlighted")
+        await pilot.press("j", "j")
+        assert outputs_list.highlighted == 2
+        await pilot.press("k")
+        assert outputs_list.highlighted == 1
+        await pilot.press("escape", "f")
+        await until(pilot, lambda: isinstance(app.screen, FoldersScreen), "folders")
+        tree = app.screen.query_one(FolderTree)
+        await walk_to(pilot, project.paths.inbox)
+        line = tree.cursor_line
+        await pilot.press("j")
+        assert tree.cursor_line == line + 1
+        await pilot.press("k")
+        assert tree.cursor_line == line
+        await walk_to(pilot, out / "a.json")
+        await pilot.press("a")
+        assert isinstance(app.screen, EngineChoiceScreen)
+        engines = app.screen.query_one(OptionList)
+        start = engines.highlighted
+        assert start is not None
+        await pilot.press("j")
+        assert engines.highlighted == start + 1
+        await pilot.press("k")
+        assert engines.highlighted == start
 
 
 async def test_a_store_that_cannot_be_opened_ends_the_app_with_the_reason(

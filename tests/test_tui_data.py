@@ -15,8 +15,10 @@ import pytest
 
 from dropflow.daemon.core.jobs import NewJob
 from dropflow.daemon.core.store import Store, owner_id
+from dropflow.engine.files import error_sidecar
 from dropflow.tui.data import JobRow, StoreReader
 from dropflow.tui.folders import list_folder, tally
+from dropflow.tui.format import shown_progress
 from dropflow.tui.logtail import job_lines
 from dropflow.tui.preview import load_preview
 from dropflow.tui.query import SORT_COLUMNS, Filter, JobQuery, Sort, parse_filter
@@ -303,6 +305,35 @@ def test_folder_listing_and_capped_counts(tmp_path: Path) -> None:
     assert (t.files, t.failed, t.capped) == (3, 1, False)
     capped = tally(inbox, cap=3)
     assert capped.capped and capped.show(capped.files).endswith("+")
+
+
+def test_a_failed_folder_unit_counts_as_one_failure_and_none_of_its_files_as_pending(tmp_path: Path) -> None:
+    """The cluster inbox: a unit is a folder (or a ZIP); a failed one has `<name>.error.txt`
+    beside it. Its photos are not pending, and it is one failure, not one per photo."""
+    cluster = tmp_path / "inbox" / "cluster"
+    for folder, photos in (("party", 3), ("trip", 2)):
+        (cluster / folder / "sub").mkdir(parents=True)
+        for i in range(photos):
+            (cluster / folder / "sub" / f"p{i}.jpg").write_text("x")
+    (cluster / "party.error.txt").write_text("no photos could be read")
+    (cluster / "old.zip").write_text("x")
+    (cluster / "old.zip.error.txt").write_text("an entry climbs out with ..")
+    long_name = "y" * 250 + ".zip"  # its sidecar has a shortened, hashed name
+    (cluster / long_name).write_text("x")
+    error_sidecar(cluster / long_name).write_text("too many entries")
+    (cluster / "gone.zip.error.txt").write_text("its input was removed by hand")
+    t = tally(cluster, inbox=True)
+    # pending: trip's 2 photos; failed: party/, old.zip, the long-named ZIP, and gone.zip's sidecar
+    assert (t.files, t.failed) == (2, 4)
+
+
+def test_a_finished_job_shows_no_stale_progress() -> None:
+    # a cancel or a failure leaves the last run's progress in the store
+    assert shown_progress("cancelled", 0.6, "segment 3/5") == (None, "")
+    assert shown_progress("failed", 0.6, "segment 3/5") == (None, "")
+    assert shown_progress("succeeded", 0.9, "3 persons, 40 photos") == (1.0, "3 persons, 40 photos")
+    for live in ("queued", "running", "waiting", "paused"):
+        assert shown_progress(live, 0.6, "segment 3/5") == (0.6, "segment 3/5")
 
 
 def test_previews_of_image_json_jsonl_text_and_bad_files(tmp_path: Path) -> None:

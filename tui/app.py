@@ -199,6 +199,16 @@ class DropflowApp(App[None]):
         what = engine or "all engines"
         self.post_message(EditDone(None, "pause-engine", f"{'paused' if paused else 'resumed'} {what}", True))
 
+    @work(group="edit", name="resume-engines", exit_on_error=False)
+    async def _resume_all(self) -> None:
+        async with self._writing:
+            _, engines = await self.store.paused_engines()
+            for engine in sorted(engines):
+                await self.store.pause_engine(engine, False)
+            await self.store.pause_engine(None, False)
+        also = f" (and {', '.join(sorted(engines))})" if engines else ""
+        self.post_message(EditDone(None, "pause-engine", f"resumed all engines{also}", True))
+
     def on_edit_done(self, message: EditDone) -> None:
         self.notify(message.message, severity="information" if message.ok else "warning", timeout=4)
         screen = self.screen
@@ -256,5 +266,10 @@ class DropflowApp(App[None]):
         yield from palette_commands(self)
 
     def pause_engine(self, engine: str | None, paused: bool) -> None:
-        """Hold or release one engine's jobs (None: every engine)."""
+        """Hold or release one engine's jobs (None: the global pause, over every engine)."""
         self._pause_engine(engine, paused)
+
+    def resume_all(self) -> None:
+        """Release the global pause and every engine paused on its own: "resume all" means that
+        everything runs again, not that engines paused one by one stay held."""
+        self._resume_all()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dropflow.daemon.core.config import Config
-from dropflow.engine.files import ERROR_SUFFIX, is_ignored_name
+from dropflow.engine.files import ERROR_SUFFIX, error_sidecar, is_ignored_name
 
 MAX_CHILDREN = 1000  # entries listed under one folder node
 MAX_COUNT = 20_000  # files counted under one top folder
@@ -59,13 +59,16 @@ class Tally:
 
 
 def tally(root: Path, *, inbox: bool = False, cap: int = MAX_COUNT) -> Tally:
-    """Count files under `root`. With `inbox`, names the daemon ignores are left out and a file
-    with an `.error.txt` beside it counts as failed, not pending."""
+    """Count files under `root`. With `inbox`, names the daemon ignores are left out, and an input
+    with its `.error.txt` beside it counts as failed, not pending: a failed file as one, a failed
+    folder unit (a cluster folder) as one too, and none of the files in it as pending."""
     t = Tally()
     stack = [root]
     seen = 0
     while stack:
         folder = stack.pop()
+        # a folder's names are read whole before counting: a sidecar may come after its input
+        entries: list[os.DirEntry[str]] = []
         try:
             with os.scandir(folder) as it:
                 for e in it:
@@ -73,25 +76,27 @@ def tally(root: Path, *, inbox: bool = False, cap: int = MAX_COUNT) -> Tally:
                     if seen > cap:
                         t.capped = True
                         return t
-                    if e.name.startswith("."):
-                        continue
-                    try:
-                        if e.is_dir():
-                            stack.append(Path(e.path))
-                            continue
-                    except OSError:
-                        continue
-                    if inbox:
-                        if e.name.endswith(ERROR_SUFFIX):
-                            t.failed += 1
-                            continue
-                        if is_ignored_name(e.name):
-                            continue
-                    t.files += 1
+                    if not e.name.startswith("."):
+                        entries.append(e)
         except OSError:
             continue
-    if inbox:
-        t.files = max(0, t.files - t.failed)  # each failed input is also counted as a file
+        names = {e.name for e in entries} if inbox else set()
+        for e in entries:
+            if inbox:
+                if e.name.endswith(ERROR_SUFFIX):
+                    t.failed += 1
+                    continue
+                if error_sidecar(Path(e.path)).name in names:
+                    continue  # failed: its sidecar is the count, whatever is inside it
+            try:
+                if e.is_dir():
+                    stack.append(Path(e.path))
+                    continue
+            except OSError:
+                continue
+            if inbox and is_ignored_name(e.name):
+                continue
+            t.files += 1
     return t
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from rich.cells import cell_len, get_character_cell_size, set_cell_size
 
+from dropflow.daemon.core.jobs import TERMINAL
+
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 
 
@@ -58,6 +60,21 @@ def bar(fraction: float, width: int) -> str:
     full, part = divmod(eighths, 8)
     text = "█" * full + (_EIGHTHS[part] if part and full < width else "")
     return text.ljust(width)
+
+
+def shown_progress(status: str, progress: float, message: str) -> tuple[float | None, str]:
+    """A job's progress as the screens show it: (fraction for the bar, None for no bar; message).
+
+    Running work reports as it goes; a finished job shows its outcome instead. A succeeded job: a
+    full bar and the message its engine finished with (written with the result, never stale). A
+    failed or cancelled one: neither, because the store keeps whatever its last run reported
+    ("segment 3/5", 60%) and a cancel or failure does not clear it.
+    """
+    if status == "succeeded":
+        return 1.0, message
+    if status in TERMINAL:
+        return None, ""
+    return progress, message
 
 
 def fit(text: str, width: int, *, keep_end: bool = True) -> str:

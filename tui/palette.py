@@ -52,7 +52,7 @@ def palette_commands(app: AppHost) -> Iterator[SystemCommand]:
         "Pause all engines", "Hold every job (running ones finish)", lambda: app.pause_engine(None, True)
     )
     yield SystemCommand(
-        "Resume all engines", "Release the global pause", lambda: app.pause_engine(None, False)
+        "Resume all engines", "Release the global pause and every engine's own pause", app.resume_all
     )
     for engine in app.engine_names:
         yield SystemCommand(

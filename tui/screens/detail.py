@@ -14,10 +14,11 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
+from textual.worker import Worker, WorkerState
 
 from dropflow.daemon.core.jobs import Event, Job
 from dropflow.tui import format as fmt
@@ -25,6 +26,7 @@ from dropflow.tui.logtail import job_lines, log_signature
 from dropflow.tui.messages import JobLoaded, LogTailLoaded, StoreChanged
 from dropflow.tui.screens.queue import EDIT_BINDINGS
 from dropflow.tui.widgets.header import STATE_COLORS, StatusHeader
+from dropflow.tui.widgets.lists import VimOptionList, VimScroll
 from dropflow.tui.widgets.preview import PreviewPane
 
 if TYPE_CHECKING:
@@ -61,7 +63,10 @@ class JobDetailScreen(Screen[None]):
         self.events: list[Event] = []
         self.log_lines: list[str] = []
         self._outputs: list[str] = []
-        self._log_sig: tuple[int, int] | None = None
+        self._log_sig: tuple[int, int] | None = None  # the log file as last read: (size, mtime)
+        self._log_stale = True  # read at the next check whatever the signature says
+        self._log_reading = False
+        self._log_drawn = False
 
     @property
     def dapp(self) -> AppHost:
@@ -71,14 +76,14 @@ class JobDetailScreen(Screen[None]):
         yield StatusHeader()
         yield Static(Text(f"job {self.job_id} …", style="dim"), id="detail-title")
         with TabbedContent(initial="overview"):
-            with TabPane("1 Overview", id="overview"), VerticalScroll(id="overview-scroll"):
+            with TabPane("1 Overview", id="overview"), VimScroll(id="overview-scroll"):
                 yield Static(id="overview-body")
-            with TabPane("2 Events", id="events"), VerticalScroll(id="events-scroll"):
+            with TabPane("2 Events", id="events"), VimScroll(id="events-scroll"):
                 yield Static(id="events-body")
             with TabPane("3 Outputs", id="outputs"), Horizontal():
-                yield OptionList(id="outputs-list")
+                yield VimOptionList(id="outputs-list")
                 yield PreviewPane(id="outputs-preview")
-            with TabPane("4 Log", id="log"), VerticalScroll(id="log-scroll"):
+            with TabPane("4 Log", id="log"), VimScroll(id="log-scroll"):
                 yield Static(id="log-body")
         yield Footer(compact=True, show_command_palette=False)
 
@@ -107,17 +112,26 @@ class JobDetailScreen(Screen[None]):
         self.post_message(JobLoaded(job_id, job, events))
 
     def _check_log(self) -> None:
-        # only while the Log tab is shown: a busy daemon's log changes all the time
-        if self.job is None or self.query_one(TabbedContent).active != "log":
+        """Read the log again when it moved. Only while the Log tab is shown (a busy daemon's log
+        changes all the time), and one read at a time: two reads in flight can end in either
+        order, and an older one ending last put its lines back over the newer ones, where they
+        stayed until the file grew again. A change during a read is seen at the next check."""
+        if self._log_reading or self.job is None or self.query_one(TabbedContent).active != "log":
             return
         sig = log_signature(self.dapp.log_file)
-        if sig != self._log_sig:
-            self._log_sig = sig
-            self._read_log(self.dapp.log_file, self.job_id, Path(self.job.input_path).name)
+        if sig == self._log_sig and not self._log_stale:
+            return
+        self._log_sig, self._log_stale, self._log_reading = sig, False, True
+        self._read_log(self.dapp.log_file, self.job_id, Path(self.job.input_path).name)
 
-    @work(thread=True, exclusive=True, group="job-log", name="job-log", exit_on_error=False)
+    @work(thread=True, group="job-log", name="job-log", exit_on_error=False)
     def _read_log(self, path: Path, job_id: int, input_name: str) -> None:
         self.post_message(LogTailLoaded(job_id, job_lines(path, job_id, input_name), path))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        # the app reports the error; here the next check reads again instead of waiting forever
+        if event.worker.group == "job-log" and event.state in (WorkerState.ERROR, WorkerState.CANCELLED):
+            self._log_reading, self._log_stale = False, True
 
     # --- showing -----------------------------------------------------------------------------------
 
@@ -145,8 +159,12 @@ class JobDetailScreen(Screen[None]):
 
     def on_log_tail_loaded(self, message: LogTailLoaded) -> None:
         message.stop()
+        self._log_reading = False
         if message.job_id != self.job_id:
             return
+        if self._log_drawn and message.lines == self.log_lines:
+            return  # only other jobs' lines moved: leave the view (and where it is scrolled) alone
+        self._log_drawn = True
         self.log_lines = message.lines
         body = (
             Text("\n".join(message.lines))
@@ -154,11 +172,11 @@ class JobDetailScreen(Screen[None]):
             else Text(f"no lines about job {self.job_id} in {message.source} yet", style="dim")
         )
         self.query_one("#log-body", Static).update(body)
-        self.query_one("#log-scroll", VerticalScroll).scroll_end(animate=False)
+        self.query_one("#log-scroll", VimScroll).scroll_end(animate=False)
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if event.pane.id == "log":
-            self._log_sig = None  # read now, whatever the file did meanwhile
+            self._log_stale = True  # read now, whatever the file did meanwhile
             self._check_log()
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
@@ -172,9 +190,11 @@ class JobDetailScreen(Screen[None]):
         text.append(job.status, style=STATE_COLORS.get(job.status) or "bold")
         if job.control:
             text.append(f" ({job.control} requested)", style="yellow")
-        text.append(f"  {fmt.bar(job.progress, 16)} {int(job.progress * 100)}%")
-        if job.progress_message:
-            text.append(f"  {job.progress_message}", style="dim")
+        fraction, message = fmt.shown_progress(job.status, job.progress, job.progress_message)
+        if fraction is not None:
+            text.append(f"  {fmt.bar(fraction, 16)} {int(fraction * 100)}%")
+        if message:
+            text.append(f"  {message}", style="dim")
         text.append("\n" + fmt.display_path(job.input_path, self.dapp.project_root))
         return text
 

@@ -11,6 +11,8 @@ from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
+from dropflow.tui.widgets.lists import VimOptionList
+
 AUTO = "(auto)"  # let the route / file type decide, as `dropflow submit` without --engine
 
 
@@ -67,7 +69,7 @@ class EngineChoiceScreen(ModalScreen[str | None]):
             yield Static(self.title_text, id="engine-title", markup=False)
             options = [Option("auto: by route and file type", id=AUTO)]
             options += [Option(name, id=name) for name in self.engines]
-            yield OptionList(*options, id="engine-options")
+            yield VimOptionList(*options, id="engine-options")
             yield Static("Enter: enqueue    Esc: cancel", id="engine-keys")
 
     def on_mount(self) -> None:

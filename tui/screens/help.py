@@ -9,9 +9,11 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
+
+from dropflow.tui.widgets.lists import VimScroll
 
 Section = tuple[str, list[BindingType]]
 
@@ -46,7 +48,7 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            with VerticalScroll(id="help-body"):
+            with VimScroll(id="help-body"):
                 for title, bindings in self.sections:
                     table = Table(show_header=False, box=None, padding=(0, 1), expand=True)
                     table.add_column("key", style="bold cyan", width=16, no_wrap=True)
@@ -57,7 +59,7 @@ class HelpScreen(ModalScreen[None]):
                     yield Static(table)
                 if self.notes:
                     yield Static(Text(self.notes, style="dim"))
-            yield Static("Esc / q / ?: close    ↑↓ PgUp PgDn: scroll", id="help-keys")
+            yield Static("Esc / q / ?: close    ↑↓ j k PgUp PgDn: scroll", id="help-keys")
 
     def on_mount(self) -> None:
         self.query_one("#help-body").focus()

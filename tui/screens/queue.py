@@ -40,7 +40,7 @@ class QueueScreen(Screen[None]):
         Binding("s", "sort", "Sort"),
         Binding("S", "reverse_sort", "Reverse sort", show=False),
         *EDIT_BINDINGS,
-        Binding("P", "pause_all", "Pause/resume all engines", show=False),
+        Binding("P", "pause_all", "Pause/resume all (the global pause)", show=False),
         Binding("f", "folders", "Folders"),
     ]
     DEFAULT_CSS = """
@@ -109,8 +109,9 @@ class QueueScreen(Screen[None]):
                     text.append(f" → {row.error_hint.splitlines()[0]}")
             else:
                 text.append(fmt.display_path(row.input_path, self.dapp.project_root))
-                if row.progress_message:
-                    text.append(f" · {row.progress_message}", style="dim")
+                _, message = fmt.shown_progress(row.status, row.progress, row.progress_message)
+                if message:
+                    text.append(f" · {message}", style="dim")
                 if row.status != status_text(row):
                     text.append(f" · {status_text(row)}", style="yellow")
         tail = Text("  " + right, style="dim")

@@ -282,7 +282,10 @@ class JobTable(Widget, can_focus=True):
                 text = status_text(row)
                 style = base + STATUS_STYLES.get(row.status, Style())
             elif c.name == "progress":
-                text = fmt.bar(row.progress, c.width - 5) + f"{int(row.progress * 100):>4}%"
+                fraction, _ = fmt.shown_progress(row.status, row.progress, row.progress_message)
+                text = (
+                    "" if fraction is None else fmt.bar(fraction, c.width - 5) + f"{int(fraction * 100):>4}%"
+                )
                 style = base + STATUS_STYLES.get(row.status, Style())
             elif c.name == "attempts":
                 text = f"{row.attempts}/{row.max_attempts}"

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any, cast
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Static
 
 from dropflow.tui.messages import PreviewLoaded
 from dropflow.tui.preview import Preview, load_preview
+from dropflow.tui.widgets.lists import VimScroll
 
 if TYPE_CHECKING:
     from dropflow.tui.host import AppHost
@@ -63,7 +64,7 @@ class PreviewPane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static("select a file to preview it", id="preview-title")
-        yield VerticalScroll(id="preview-body")
+        yield VimScroll(id="preview-body")
 
     def show_path(self, path: Path | None) -> None:
         """Preview `path` (read in a thread; the newest request wins)."""
@@ -89,7 +90,7 @@ class PreviewPane(Vertical):
         self.query_one("#preview-title", Static).update(
             Text(preview.title, no_wrap=True, overflow="ellipsis")
         )
-        body = self.query_one("#preview-body", VerticalScroll)
+        body = self.query_one("#preview-body", VimScroll)
         await body.remove_children()
         if preview.kind == "image":
             widget = image_widget(self.dapp.images, preview.image)
