@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from rich.console import Console
 from textual import events
 from textual.pilot import Pilot
@@ -281,6 +282,22 @@ async def test_header_follows_the_daemon_up_and_down(project: Config) -> None:
         await until(pilot, lambda: "daemon up" in header(app), "up")
         await other.stop_daemon(me)
         await until(pilot, lambda: "daemon down" in header(app), "down again")
+
+
+async def test_the_header_says_when_outputs_are_offline_placeholders(project: Config) -> None:
+    assert project.providers.default == "offline"
+    app = make_app(project)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await queue_ready(pilot)
+        await until(pilot, lambda: "OFFLINE" in header(app), "offline shown")
+    # auto with a key set: dashscope, no banner
+    project.providers.default = "auto"
+    project.providers.dashscope.api_key = SecretStr("sk-test")
+    app = make_app(project)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await queue_ready(pilot)
+        await until(pilot, lambda: "daemon down" in header(app), "header drawn")
+        assert "OFFLINE" not in header(app)
 
 
 async def walk_to(pilot: Pilot[None], target: Path) -> None:

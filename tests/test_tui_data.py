@@ -263,6 +263,14 @@ async def test_stats_counts_throughput_and_tokens_today(tmp_path: Path) -> None:
         expected_tokens = 105 * sum(1 for at in (now - 60, now - 60, now - 60, now - 3600) if at >= midnight)
         assert stats.tokens_today == expected_tokens
         assert stats.paused_engines == ("dataset",) and not stats.paused_all
+        # a job the offline provider answered spent nothing: its simulated tokens are not spend
+        await store.db.execute(
+            "UPDATE jobs SET status = 'succeeded', finished_at = ?, tokens_in = 900, tokens_out = 9,"
+            " provider = 'offline' WHERE id = 40",
+            (now - 30,),
+        )
+        stats = await StoreReader(store, clock=lambda: now).stats()
+        assert stats.tokens_today == expected_tokens
 
 
 async def test_daemon_state_up_down_stale_and_dead_pid(tmp_path: Path) -> None:

@@ -69,6 +69,7 @@ class DropflowApp(App[None]):
         self.project_root: Path | None = cfg.source.parent if cfg.source else None
         self.log_file = cfg.paths.logs / "dropflow.log"
         self.engine_names = list(dict.fromkeys([r.engine for r in cfg.routes] + registry.names()))
+        self.offline = _runs_offline(cfg)
         self._stack = AsyncExitStack()
         self._poll_failing = False
         # one edit at a time: a priority step reads the priority, then writes it plus one, so two
@@ -273,3 +274,13 @@ class DropflowApp(App[None]):
         """Release the global pause and every engine paused on its own: "resume all" means that
         everything runs again, not that engines paused one by one stay held."""
         self._resume_all()
+
+
+def _runs_offline(cfg: Config) -> bool:
+    """Whether routes without a provider of their own run on the offline placeholder provider."""
+    from dropflow.engine.providers import resolve_default
+
+    try:
+        return resolve_default(cfg.providers)[0] == "offline"
+    except DropflowError:  # an unreadable key file: the daemon says so; the header does not guess
+        return False

@@ -154,7 +154,9 @@ class StoreReader:
         recent = now - 600
         [row] = await self._rows(
             "SELECT COUNT(CASE WHEN status = 'succeeded' AND finished_at >= ? THEN 1 END),"
-            " COALESCE(SUM(CASE WHEN finished_at >= ? THEN tokens_in + tokens_out END), 0)"
+            # offline jobs spent nothing: their simulated tokens are not spend
+            " COALESCE(SUM(CASE WHEN finished_at >= ? AND COALESCE(provider, '') != 'offline'"
+            " THEN tokens_in + tokens_out END), 0)"
             " FROM jobs WHERE finished_at >= ?",
             (recent, midnight, min(recent, midnight)),
         )

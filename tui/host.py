@@ -28,6 +28,7 @@ class AppHost(Protocol):
     project_root: Path | None
     log_file: Path
     engine_names: list[str]
+    offline: bool  # the default provider is the offline one (no key set): outputs are placeholders
     reader: StoreReader
     poller: StorePoller
     # the app's reactives: the daemon's state, the header's totals, why a supervised daemon exited

@@ -97,6 +97,8 @@ class StatusHeader(Widget):
                 text.append("  ⏸ all paused", style="bold magenta")
             elif stats.paused_engines:
                 text.append(f"  ⏸ {','.join(stats.paused_engines)}", style="magenta")
+            if app.offline:
+                text.append("  ⚠ OFFLINE", style="bold yellow")  # placeholder output: no key set
             text.append(f"  {stats.per_minute:.1f}/min")
             text.append(f"  {fmt.count(stats.tokens_today) or '0'} tok today")
         text.append("\n")
