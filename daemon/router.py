@@ -128,7 +128,8 @@ class Router:
         for route, unit in items:
             eng = self.engine(route.engine)
             is_folder = eng.unit == "folder" and unit.is_dir()
-            inputs = [unit] if is_folder else eng.inputs_for(unit)
+            # a folder too: its engine may find nothing in it to do (what a job left behind)
+            inputs = eng.inputs_for(unit)
             if inputs is None:
                 out.append(None)
                 continue

@@ -100,7 +100,7 @@ class FolderRecordEngine:
     supports_resume = False
 
     def inputs_for(self, path: Path) -> list[Path] | None:
-        return [path] if path.suffix.lower() in self.extensions else None
+        return [path] if path.is_dir() or path.suffix.lower() in self.extensions else None
 
     async def run(self, job: Job, ctx: JobContext) -> Done:
         root = Path(job.input_path)

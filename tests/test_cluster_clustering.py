@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -170,3 +172,65 @@ def test_select_handles_tiny_inputs() -> None:
     x = clustering.normalise(np.array([[1.0, 0.0], [0.99, 0.01]]))
     assert clustering.cluster(x).tolist() == [0, 0]
     assert clustering.cluster(x, SEED_CONFIG).tolist() == [-1, -1]
+
+
+# --- after cannot-link: persons are checked again ------------------------------------------------------
+
+
+def _axes(*rows: dict[int, float]) -> np.ndarray:
+    """Unit vectors from {axis: weight} (exact cosines for hand-made cases)."""
+    x = np.zeros((len(rows), 16))
+    for i, row in enumerate(rows):
+        for axis, w in row.items():
+            x[i, axis] = w
+    return clustering.normalise(x)
+
+
+def test_faces_of_one_photo_alone_make_no_person() -> None:
+    # two strangers on one group photo who look alike: HDBSCAN groups them, cannot-link parts them,
+    # and one face is no person (below min_cluster_size); a real pair elsewhere stays a person
+    x = _axes({0: 1, 5: 0.05}, {0: 1, 5: -0.05}, {1: 1, 6: 0.05}, {1: 1, 6: -0.05})
+    groups = np.array([0, 0, 1, 2])
+    selected = clustering.select(mst.exact_spanning_tree(x), 4)
+    assert selected[0] == selected[1] >= 0 and selected[2] == selected[3] >= 0 and selected[0] != selected[2]
+    assert clustering.cluster(x, groups=groups).tolist() == [-1, -1, 0, 0]
+
+
+def test_a_face_that_kept_its_place_through_an_evicted_face_becomes_noise() -> None:
+    # A joined person X through face a (cosine 0.6 to both); a is on the same photo as X's first
+    # face and leaves. b's closest face left in X is then at cosine 0.2 < member_similarity 0.3.
+    x = _axes(
+        {0: 1, 10: 0.1}, {0: 1, 11: 0.1}, {0: 1, 12: 0.1}, {0: 0.6, 1: 0.8}, {0: 0.2, 1: 0.6, 2: 0.6**0.5}
+    )
+    groups = np.array([0, 1, 2, 0, 3])
+    assert clustering.select(mst.exact_spanning_tree(x), 5).tolist() == [0] * 5
+    assert clustering.cluster(x, groups=groups).tolist() == [0, 0, 0, -1, -1]
+
+
+@pytest.mark.parametrize("loose_first", [True, False])
+def test_a_person_whose_faces_all_failed_membership_leaves_no_empty_label(loose_first: bool) -> None:
+    tight = _axes({0: 1, 5: 0.05}, {0: 1, 5: -0.05})
+    loose = _axes({1: 1}, {1: 0.6, 2: 0.8})  # cosine 0.6: below member_similarity 0.8
+    x = np.vstack([loose, tight] if loose_first else [tight, loose])
+    settings = Settings(member_distance=clustering.cosine_to_distance(0.8))
+    labels = clustering.cluster(x, settings)
+    assert sorted(labels.tolist()) == [-1, -1, 0, 0], "one person, numbered 0"
+
+
+def test_make_plan_creates_no_person_without_faces(tmp_path: Path) -> None:
+    from dropflow.engine.cluster.collect import Source
+    from dropflow.engine.cluster.faces import Face, PhotoResult
+    from dropflow.engine.cluster.params import ClusterParams
+    from dropflow.engine.cluster.plan import make_plan
+
+    x = np.vstack([_axes({1: 1}, {1: 0.6, 2: 0.8}), _axes({0: 1, 5: 0.05}, {0: 1, 5: -0.05})])
+    keys = [f"p{i}.jpg" for i in range(len(x))]
+    source = Source(tmp_path, [(k, tmp_path / k) for k in keys], [], None)
+    results = {
+        k: PhotoResult(k, (64, 64), [Face((0.0, 0.0, 8.0, 8.0), 0.9, e.astype(np.float32), b"")])
+        for k, e in zip(keys, x, strict=True)
+    }
+    params = ClusterParams(member_similarity=0.8)
+    plan = make_plan(1, "b", tmp_path / "b", source, results, [], 1, params)
+    assert [p.faces for p in plan.persons] == [2] and plan.summary["counts"]["new_persons"] == 1
+    assert [ph.status for ph in plan.photos] == ["unsorted", "unsorted", "person", "person"]

@@ -170,7 +170,10 @@ class PersonsRepository(Protocol):
         """
         ...
 
-    async def finish(self, job_id: int) -> None: ...
+    async def finish(self, job_id: int) -> None:
+        """Mark the run done (distributed) with its `finished_at`, kept if it was finished before;
+        the engine calls it before it writes clusters.json, which shows that time."""
+        ...
 
     async def report(self, batch: str) -> dict[str, Any]:
         """Everything clusters.json holds: runs, persons, and every photo with its faces."""

@@ -29,7 +29,11 @@ Three options matter for photos (the first is HDBSCAN's own):
 
 Cannot-link (two faces of one photo are two people) is enforced after selection: in a cluster
 holding several faces of one photo the face closest to the cluster's centre stays and the others
-move to their next closest cluster above the join threshold, or to noise.
+move to their next closest cluster above the join threshold, or to noise. Every cluster that lost
+or gained a face is then checked again: a face whose closest other member is less similar than
+`member_distance` allows is noise, and a cluster left smaller than `min_cluster_size` is
+dissolved (strangers on one group photo, grouped by HDBSCAN, are no person once they are apart).
+Labels are 0..k-1 with no empty label: a person always has faces.
 
 The spanning tree is built in `mst`; condensing, selection and the rest are here.
 """
@@ -92,8 +96,48 @@ def cluster(
     edges = spanning_tree(x, settings.min_samples, seed=seed)
     labels = select(edges, n, settings)
     if groups is not None:
+        before = labels
         labels = enforce_cannot_link(x, labels, np.asarray(groups), relink_threshold)
+        changed = np.unique(np.concatenate([before[labels != before], labels[labels != before]]))
+        labels = recheck(x, labels, changed[changed >= 0], settings)
+    return compact(labels)
+
+
+def recheck(x: np.ndarray, labels: np.ndarray, clusters: np.ndarray, settings: Settings) -> np.ndarray:
+    """Check `clusters` again after faces left or joined them (rows of `x` L2-normalised): members
+    whose closest other member is farther than `member_distance` become noise, and a cluster
+    smaller than `min_cluster_size` is dissolved; repeated until nothing changes."""
+    labels = labels.copy()
+    floor = None if settings.member_distance is None else 1.0 - settings.member_distance**2 / 2.0
+    todo = {int(c) for c in clusters}
+    while todo:
+        c = todo.pop()
+        rows = np.flatnonzero(labels == c)
+        if len(rows) < max(2, settings.min_cluster_size):
+            labels[rows] = -1
+            continue
+        if floor is None:
+            continue
+        best = np.empty(len(rows), dtype=np.float32)
+        for s in range(0, len(rows), 2048):  # a person of 10k faces: 2048 x 10k similarities at a time
+            sims = x[rows[s : s + 2048]] @ x[rows].T
+            sims[np.arange(len(sims)), s + np.arange(len(sims))] = -np.inf  # not itself
+            best[s : s + 2048] = sims.max(axis=1)
+        far = best < floor
+        if far.any():
+            labels[rows[far]] = -1
+            todo.add(c)  # its other members may have lost their closest one
     return labels
+
+
+def compact(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 0..k-1 in order, without empty ones; noise stays -1."""
+    used = np.unique(labels[labels >= 0])
+    if len(used) == 0 or used[-1] == len(used) - 1:
+        return labels
+    remap = np.full(int(used[-1]) + 1, -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    return np.where(labels >= 0, remap[np.maximum(labels, 0)], -1)
 
 
 # --- condensing and selection ---------------------------------------------------------------------

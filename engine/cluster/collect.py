@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,13 +33,21 @@ class Source:
     photos: list[tuple[str, Path]]  # (key = path relative to root, path)
     skipped: list[dict[str, str]]  # left in place: excluded folders, files that are not images
     staging: Path | None  # the unpacked ZIP, removed when the job is done
+    links: list[str] = field(default_factory=list)  # folder links followed (relative to root)
 
 
-def collect(unit: Path, staging: Path, exclude: Sequence[str]) -> Source:
+def collect(
+    unit: Path, staging: Path, exclude: Sequence[str], check: Callable[[Path], None] = lambda _p: None
+) -> Source:
     """Photos of a unit (blocking). A ZIP is unpacked (safely) into `staging` first.
 
+    Links are followed where `check` lets them be read (`JobContext.check_readable`: links that
+    stay inside the inbox); a folder reached twice (two links to it) is walked once, and a link to
+    a folder inside the unit (a loop, a shortcut) is not followed: its photos are the unit's own.
+
     Raises:
-        InputError: the unit is gone, or the ZIP is unreadable or unsafe.
+        InputError: the unit is gone, or the ZIP is unreadable or unsafe, or a photo or folder in
+        it is a link out of the folders the job may read (raised by `check`, naming it).
     """
     from dropflow.engine.files import is_ignored_name
     from dropflow.engine.media import safe_unzip
@@ -56,26 +64,74 @@ def collect(unit: Path, staging: Path, exclude: Sequence[str]) -> Source:
     excluded = {e.casefold() for e in exclude}
     photos: list[tuple[str, Path]] = []
     skipped: list[dict[str, str]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    links: list[str] = []
+    top = os.path.realpath(root)
+    walked = {top}  # real folders: one reached twice (two links to it, a link into a link) is walked once
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
+        keep = []
         for d in sorted(dirnames):
+            rel = (here / d).relative_to(root).as_posix() + "/"
             if d.casefold() in excluded:
-                skipped.append(
-                    {"path": (here / d).relative_to(root).as_posix() + "/", "reason": "excluded folder"}
-                )
-        dirnames[:] = sorted(d for d in dirnames if d.casefold() not in excluded and not is_ignored_name(d))
+                skipped.append({"path": rel, "reason": "excluded folder"})
+            elif not is_ignored_name(d):
+                link = (here / d).is_symlink()
+                if link:
+                    check(here / d)  # before its names are even listed
+                    links.append(rel[:-1])  # removed once the photos are filed; its target stays
+                real = os.path.realpath(here / d)
+                if link and Path(real).is_relative_to(top):
+                    skipped.append({"path": rel, "reason": "a link to a folder inside this one"})
+                elif real in walked:
+                    skipped.append({"path": rel, "reason": "a link to a folder collected already"})
+                else:
+                    walked.add(real)
+                    keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
             if is_ignored_name(name):
                 continue
             path = here / name
             key = path.relative_to(root).as_posix()
-            if path.is_symlink():
-                skipped.append({"path": key, "reason": "a symbolic link"})
-            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                check(path)
                 photos.append((key, path))
             else:
                 skipped.append({"path": key, "reason": "not an image"})
-    return Source(root, photos, skipped, kept)
+    return Source(root, photos, skipped, kept, links)
+
+
+def has_photo(folder: Path) -> bool:
+    """Whether a photo (by its name) lies anywhere below `folder`: the walk stops at the first.
+
+    Hidden and temporary names, and folders named in the default `exclude_folders`, do not count:
+    what a run leaves in a dropped folder (non-photos, excluded folders) is no new drop.
+    """
+    from dropflow.engine.cluster.params import DEFAULT_EXCLUDED
+    from dropflow.engine.files import is_ignored_name
+
+    excluded = {e.casefold() for e in DEFAULT_EXCLUDED}
+    todo, linked = [folder], set()
+    while todo:
+        try:
+            with os.scandir(todo.pop()) as entries:
+                for entry in entries:
+                    if is_ignored_name(entry.name):
+                        continue
+                    if entry.is_dir():  # a link to a folder counts: its job says whether it may be read
+                        if entry.name.casefold() in excluded:
+                            continue
+                        if entry.is_symlink():  # a loop of links is walked once
+                            real = os.path.realpath(entry.path)
+                            if real in linked:
+                                continue
+                            linked.add(real)
+                        todo.append(Path(entry.path))
+                    elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                        return True
+        except OSError:  # gone or unreadable meanwhile: nothing to offer from it
+            continue
+    return False
 
 
 # --- detection results, saved as they come ----------------------------------------------------------

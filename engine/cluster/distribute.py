@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,8 +20,6 @@ from dropflow.engine.errors import InputError
 
 if TYPE_CHECKING:
     from dropflow.daemon.core.persons import JournalEntry, Person
-
-log = logging.getLogger("dropflow.engine.cluster.engine")  # one logger name for the whole engine, as in faces
 
 JUNK = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})  # OS litter that alone keeps a folder
 
@@ -54,17 +51,30 @@ def _place(src: Path, dst: Path, *, link: bool) -> None:
 
 
 def apply_entry(
-    entry: JournalEntry, batch_dir: Path, *, move: bool = True
+    entry: JournalEntry,
+    batch_dir: Path,
+    *,
+    move: bool = True,
+    check: Callable[[Path], None] = lambda _p: None,
 ) -> tuple[str, list[str], str | None] | None:
     """Carry out one photo's plan; replaying it is harmless. Returns what changed, if anything.
 
     Order: every destination first (the first by hard link when moving, the others by copy), the
     source last, so a crash leaves the photo at its source, at its destinations, or both, never
-    nowhere. `move=False` (a folder submitted in place) leaves the source where it is.
+    nowhere. `move=False` (a folder submitted in place) leaves the source where it is. What is
+    reached through a link is copied, never hard-linked, and its target stays where it is: a photo
+    that is a link loses only the link, a photo inside a linked folder stays in it.
+
+    Raises:
+        InputError: from `check`, when the source is (now) a link out of what the job may read.
     """
     src = Path(entry.source)
     dests = list(entry.dests)
     changed = False
+    if os.path.lexists(src):
+        check(src)
+    in_link = _in_linked_folder(src, entry.photo)
+    linked = in_link or src.is_symlink()
     for i, rel in enumerate(dests):
         dst = batch_dir / rel
         if dst.exists():
@@ -77,24 +87,43 @@ def apply_entry(
         if not src.exists():
             return "missing", dests, f"{src} vanished before it could be filed"
         try:
-            _place(src, dst, link=move and i == 0)
+            _place(src, dst, link=move and i == 0 and not linked)
         except OSError as exc:
             return entry.status, dests, f"could not file it: {exc}"
         _step()
-    if move:
+    if move and not in_link:
         with contextlib.suppress(FileNotFoundError):
             src.unlink()
             _step()
     return (entry.status, dests, None) if changed else None
 
 
+def _in_linked_folder(src: Path, key: str) -> bool:
+    """Whether a folder between the unit and the photo (its `key` below the unit) is a link."""
+    parts = Path(key).parts
+    here = src.parents[len(parts) - 1]
+    for part in parts[:-1]:
+        here = here / part
+        if here.is_symlink():
+            return True
+    return False
+
+
 def distribute(
-    entries: Sequence[JournalEntry], batch_dir: Path, *, move: bool = True
+    entries: Sequence[JournalEntry],
+    batch_dir: Path,
+    *,
+    move: bool = True,
+    check: Callable[[Path], None] = lambda _p: None,
 ) -> list[tuple[int, str, list[str], str | None]]:
-    """Apply journal entries in order (blocking); returns the changes to record."""
+    """Apply journal entries in order (blocking); returns the changes to record.
+
+    Raises:
+        InputError: a source is a link out of what the job may read (see `apply_entry`).
+    """
     changes = []
     for entry in entries:
-        outcome = apply_entry(entry, batch_dir, move=move)
+        outcome = apply_entry(entry, batch_dir, move=move, check=check)
         if outcome is not None:
             changes.append((entry.id, *outcome))
     return changes
@@ -128,15 +157,17 @@ def write_markers(persons: Sequence[Person], batch_dir: Path, batch: str) -> Non
             files.write_json(marker, {"batch": batch, "person": p.id})
 
 
-def detect_renames(persons: Sequence[Person], batch_dir: Path) -> dict[int, str | None]:
-    """Person folders renamed by hand since the last run: {person id: new name} (blocking)."""
+def detect_renames(persons: Sequence[Person], batch_dir: Path) -> tuple[dict[int, str | None], list[str]]:
+    """Person folders renamed by hand since the last run (blocking): {person id: new name}, and
+    the renames refused (a reserved name), said for the job's warnings."""
     from dropflow.daemon.core.persons import MARKER, check_folder_name, default_folder
 
     by_id = {p.id: p for p in persons}
     taken = {p.folder for p in persons}
     out: dict[int, str | None] = {}
+    refused: list[str] = []
     if not batch_dir.is_dir():
-        return out
+        return out, refused
     for d in sorted(batch_dir.iterdir()):
         marker = d / MARKER
         if not d.is_dir() or not marker.is_file():
@@ -153,17 +184,26 @@ def detect_renames(persons: Sequence[Person], batch_dir: Path) -> dict[int, str 
             continue
         try:
             out[pid] = check_folder_name(d.name)
-        except InputError:
-            log.warning("person folder %s has a reserved name; keeping %s for it", d, p.folder)
-    return out
+        except InputError as exc:
+            refused.append(
+                f"person folder {d} was renamed by hand to a name dropflow cannot use ({exc.message}): "
+                f"person {pid} keeps {p.folder}"
+            )
+    return out, refused
 
 
-def remove_emptied(root: Path, exclude: Sequence[str]) -> int:
+def remove_emptied(root: Path, exclude: Sequence[str], links: Sequence[str] = ()) -> int:
     """Remove folders under (and including) `root` that the distribution left empty (blocking).
 
     Excluded folders stay, even empty; so does any folder with a file in it, except for OS litter
-    (`.DS_Store`, `Thumbs.db`, `desktop.ini`) when that is all that is left.
+    (`.DS_Store`, `Thumbs.db`, `desktop.ini`) when that is all that is left. The folder `links`
+    the run followed (relative to `root`) go first: their photos were copied, their targets stay.
     """
+    for rel in links:
+        link = root / rel
+        if link.is_symlink() and not _in_linked_folder(link, rel):
+            with contextlib.suppress(OSError):
+                link.unlink()
     excluded = {e.casefold() for e in exclude}
     removed = 0
     for dirpath, _dirnames, _filenames in os.walk(root, topdown=False):

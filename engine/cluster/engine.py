@@ -23,15 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from dropflow.engine.base import Done, JobContext
-from dropflow.engine.cluster.collect import Detections, Source, collect
+from dropflow.engine.cluster.collect import Detections, Source, collect, has_photo
 from dropflow.engine.cluster.distribute import detect_renames, distribute, remove_emptied, write_markers
-from dropflow.engine.cluster.params import SHEETS, ClusterParams, batch_name
+from dropflow.engine.cluster.params import DEFAULT_EXCLUDED, SHEETS, ClusterParams, batch_name
 from dropflow.engine.cluster.plan import make_plan
 from dropflow.engine.cluster.report import refresh_batch
 from dropflow.engine.errors import ConfigError, JobCancelled
@@ -55,11 +55,12 @@ def _detect_chunk(
     store: Detections,
     number: int,
     should_stop: Any,
+    check: Callable[[Path], None],
 ) -> int:
     """One detection step (blocking): detect `items`, save them as chunk `number`; returns how many."""
     from dropflow.engine.cluster.faces import detect_photos
 
-    results = list(detect_photos(model, items, options, should_stop))
+    results = list(detect_photos(model, items, options, should_stop, check))
     store.save(number, results)
     return len(results)
 
@@ -82,10 +83,17 @@ class ClusterEngine:
         self._warm: Future[None] | None = None
 
     def inputs_for(self, path: Path) -> list[Path] | None:
-        """A folder is a unit (the router asks only for files): a `.zip` directly in the route folder."""
-        if path.is_dir() or path.suffix.lower() == ".zip":
-            return [path]
-        return None
+        """A unit: a `.zip` directly in the route folder, or a folder with a photo below it.
+
+        What a run leaves in a dropped folder (non-photos, `dropflow.yaml`, excluded folders) is
+        no new drop: it stays where it is and starts no job. Cheap: the walk stops at the first
+        photo. Only the default `exclude_folders` are known here (params are per job).
+        """
+        if path.is_dir():
+            if path.name.casefold() in {e.casefold() for e in DEFAULT_EXCLUDED}:
+                return None
+            return [path] if has_photo(path) else None
+        return [path] if path.suffix.lower() == ".zip" else None
 
     async def run(self, job: Job, ctx: JobContext) -> Done:
         params = ClusterParams.model_validate(job.params)
@@ -120,7 +128,7 @@ class ClusterEngine:
             if source is not None and await repo.phase(job.id) is None:
                 await self._plan(job, ctx, repo, params, batch, batch_dir, source, warm)
             if await repo.phase(job.id) == "distribute":
-                await self._distribute(job, ctx, repo, batch, batch_dir)
+                await self._distribute(job, ctx, repo, batch, batch_dir, _photo_check(ctx))
             return await self._finish(job, ctx, repo, batch, batch_dir, params)
 
     def _warm_clustering(self) -> Future[None]:
@@ -147,8 +155,9 @@ class ClusterEngine:
         done = await asyncio.to_thread(store.load)
         if _is_zip(unit):
             await ctx.progress(0.0, "unpacking")
+        check = _photo_check(ctx)
         source = await asyncio.to_thread(
-            collect, unit, self._workdir(ctx, job) / UNZIPPED, params.exclude_folders
+            collect, unit, self._workdir(ctx, job) / UNZIPPED, params.exclude_folders, check
         )
         if not source.photos:
             return None  # nothing is removed: an empty folder may be one the user is about to fill
@@ -163,6 +172,8 @@ class ClusterEngine:
                 device=params.device,
                 download=params.download_models,
             )
+            if model.fallback:  # every job that asked for the GPU is told, not just the first
+                await ctx.warn(model.fallback)
             options = DetectOptions(
                 params.det_size, params.det_threshold, params.min_face_size, params.max_pixels
             )
@@ -172,7 +183,7 @@ class ClusterEngine:
                 ctx.check_cancelled()
                 part = todo[s : s + DETECT_CHUNK]
                 finished += await asyncio.to_thread(
-                    _detect_chunk, model, part, options, store, number, lambda: ctx.cancelled
+                    _detect_chunk, model, part, options, store, number, lambda: ctx.cancelled, check
                 )
                 number += 1
                 await ctx.progress(0.85 * finished / total, f"faces: {finished}/{total} photos")
@@ -191,7 +202,9 @@ class ClusterEngine:
     ) -> None:
         """Decide who is who and where each photo goes; commit it all in one transaction."""
         known = await repo.persons(batch)
-        renamed = await asyncio.to_thread(detect_renames, known, batch_dir)
+        renamed, refused = await asyncio.to_thread(detect_renames, known, batch_dir)
+        for problem in refused:
+            await ctx.warn(problem)
         for pid, name in renamed.items():
             await repo.rename(pid, name)
             log.info("batch %s: person %d now lives in %s (renamed by hand)", batch, pid, name)
@@ -201,8 +214,9 @@ class ClusterEngine:
         # photos that another job of this batch filed while this one was detecting are its own
         present = await asyncio.to_thread(lambda: [(k, p) for k, p in source.photos if p.exists()])
         if len(present) < len(source.photos):
-            log.info(
-                "job %d: %d photo(s) were taken by another job", job.id, len(source.photos) - len(present)
+            await ctx.warn(
+                f"{len(source.photos) - len(present)} photo(s) of {source.root} were gone when they were to "
+                "be filed (taken by another job of the batch, or moved away): they are not in this run"
             )
         source.photos = present
         next_seq = await repo.next_seq(batch)
@@ -214,11 +228,18 @@ class ClusterEngine:
         # a folder submitted in place keeps its photos: they are copied, not moved
         plan.summary["move"] = job.source == "inbox" or source.staging is not None
         plan.summary["staging"] = str(source.staging) if source.staging else None
+        plan.summary["links"] = source.links  # removed with the emptied folders once filed
         await repo.commit(plan, params.sheet_faces)
         await ctx.save({"phase": "distribute", "batch": batch})
 
     async def _distribute(
-        self, job: Job, ctx: JobContext, repo: PersonsRepository, batch: str, batch_dir: Path
+        self,
+        job: Job,
+        ctx: JobContext,
+        repo: PersonsRepository,
+        batch: str,
+        batch_dir: Path,
+        check: Callable[[Path], None],
     ) -> None:
         entries = await repo.journal(job.id)
         move = bool((await repo.run_info(job.id)).get("summary", {}).get("move", True))
@@ -229,15 +250,23 @@ class ClusterEngine:
                 await asyncio.to_thread((batch_dir / p.folder).mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(write_markers, [p for p in persons if p.folder in folders], batch_dir, batch)
         total = len(entries)
+        problems: list[str] = []
         for s in range(0, total, MOVE_CHUNK):
             if ctx.cancelled:
                 raise JobCancelled(
                     f"stopped during distribution after {s} of {total} photos; "
                     f"`dropflow retry {job.id}` (or resume) finishes it"
                 )
-            changes = await asyncio.to_thread(distribute, entries[s : s + MOVE_CHUNK], batch_dir, move=move)
+            changes = await asyncio.to_thread(
+                distribute, entries[s : s + MOVE_CHUNK], batch_dir, move=move, check=check
+            )
             await repo.record_outcomes(changes)
+            problems += [error for *_, error in changes if error]
             await ctx.progress(0.88 + 0.08 * min(total, s + MOVE_CHUNK) / total, "filing photos")
+        if problems:
+            await ctx.warn(
+                f"{len(problems)} photo(s) could not be filed ({problems[0]}); clusters.json gives each reason"
+            )
 
     async def _finish(
         self,
@@ -253,9 +282,11 @@ class ClusterEngine:
         persons = await repo.persons(batch)
         touched = _person_folders(await repo.journal(job.id))
         touched |= {p.folder for p in persons if p.id in set(info.get("summary", {}).get("renamed", []))}
+        # finished before the report is written, so that clusters.json has this run's finished_at;
+        # a stop before the report is harmless: a finished run's job comes back here on resume
+        await repo.finish(job.id)
         out = await refresh_batch(repo, batch, batch_dir, touched, params.sheet_faces)
         sheets = batch_dir / SHEETS
-        await repo.finish(job.id)
         await asyncio.to_thread(self._cleanup, info, ctx, job, params)
         counts = info.get("summary", {}).get("counts", {})
         message = (
@@ -276,8 +307,13 @@ class ClusterEngine:
         goes too if the distribution emptied it."""
         root = Path(info["source"])
         if not info.get("summary", {}).get("staging") and root.is_dir() and job.source == "inbox":
-            remove_emptied(root, params.exclude_folders)
+            remove_emptied(root, params.exclude_folders, info.get("summary", {}).get("links", []))
         shutil.rmtree(self._workdir(ctx, job), ignore_errors=True)
+
+
+def _photo_check(ctx: JobContext) -> Callable[[Path], None]:
+    """Raises `InputError` for a photo that is a link out of what the job may read (any thread)."""
+    return lambda path: ctx.check_readable(path, what="photo")
 
 
 def _is_zip(unit: Path) -> bool:

@@ -33,8 +33,16 @@ log = logging.getLogger("dropflow.engine.cluster.engine")
 
 ALLOWED_MODULES = ["detection", "recognition"]
 THUMB = 112  # contact-sheet crop size, pixels
-LICENCE_NOTE = "the buffalo_l weights are licensed for non-commercial research use only"
 Device = Literal["cpu", "cuda"]
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+# the detection and recognition models of insightface's packs (the files dropflow uses)
+PACK_MODELS = {
+    "buffalo_l": ("det_10g.onnx", "w600k_r50.onnx"),
+    "buffalo_m": ("det_2.5g.onnx", "w600k_r50.onnx"),
+    "buffalo_s": ("det_500m.onnx", "w600k_mbf.onnx"),
+    "buffalo_sc": ("det_500m.onnx", "w600k_mbf.onnx"),
+    "antelopev2": ("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
+}
 
 
 def default_root() -> Path:
@@ -46,15 +54,28 @@ def pack_dir(root: Path, pack: str) -> Path:
     return root / "models" / pack
 
 
+def pack_models(pack: str) -> str:
+    """The pack's files that dropflow uses, for messages."""
+    known = PACK_MODELS.get(pack)
+    return ", ".join(known) if known else "its detection and recognition .onnx models"
+
+
+def licence_note(pack: str) -> str:
+    return (
+        f"insightface's model packs are licensed for non-commercial research use only: check the "
+        f"licence of {pack} before any commercial use"
+    )
+
+
 def missing_error(root: Path, pack: str, detail: str) -> ModelMissingError:
     where = pack_dir(root, pack)
     return ModelMissingError(
         f"InsightFace model pack {pack!r} {detail} (looked in {where})",
-        hint=f"put the {pack} pack (det_10g.onnx, w600k_r50.onnx, ...) into {where}/. insightface "
+        hint=f"put the {pack} pack ({pack_models(pack)}) into {where}/. insightface "
         f"downloads it there by itself on first use when the machine is online, e.g. `python -c "
         f"\"from insightface.app import FaceAnalysis; FaceAnalysis(name='{pack}', root='{root}')\"`, "
         f"or set params.download_models: true; or point params.model_root at a folder that holds "
-        f"models/{pack}/. Note: {LICENCE_NOTE}.",
+        f"models/{pack}/. Note: {licence_note(pack)}.",
     )
 
 
@@ -85,11 +106,15 @@ class DetectOptions:
 class FaceModel:
     """A prepared `FaceAnalysis` with its detector and recogniser."""
 
-    def __init__(self, app: Any, root: Path, pack: str, providers: list[str]) -> None:
+    def __init__(
+        self, app: Any, root: Path, pack: str, providers: list[str], fallback: str | None = None
+    ) -> None:
         self.app = app
         self.root = root
         self.pack = pack
         self.providers = providers
+        # why the device asked for is not the one used (CUDA absent or failing), for each job's warning
+        self.fallback = fallback
         self.detector = app.det_model
         self.recognizer = app.models["recognition"]
 
@@ -105,13 +130,16 @@ class FaceModel:
     ) -> FaceModel:
         """Load the pack through insightface (blocking).
 
+        `device="cuda"` runs on onnxruntime's CUDA provider when it is there and starts; else on
+        the CPU, with the reason in `fallback` (each job that asked for CUDA warns with it).
+
         Raises:
             ModelMissingError: insightface is not installed, or the pack (or its detection or
             recognition model) is absent and `download` is off, or the download failed.
         """
         try:
+            import insightface.app  # noqa: F401  (here, so that its absence gets this hint)
             import onnxruntime
-            from insightface.app import FaceAnalysis
         except ImportError as exc:
             raise ModelMissingError(
                 f"insightface cannot be imported: {exc}",
@@ -120,41 +148,34 @@ class FaceModel:
         folder = pack_dir(root, pack)
         if not download and not any(folder.glob("*.onnx")):
             raise missing_error(root, pack, "is not installed")
-        providers = ["CPUExecutionProvider"]
+        providers, why = [CPU], None
         if device == "cuda":
-            if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-                providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            if CUDA in onnxruntime.get_available_providers():
+                providers = [CUDA, CPU]
             else:
-                log.warning(
-                    "device: cuda asked for, but onnxruntime has no CUDA provider here; using the CPU"
-                )
-        options = session_options(threads)
+                why = "onnxruntime has no CUDA provider here (is onnxruntime-gpu installed?)"
         try:
-            app = FaceAnalysis(
-                # insightface takes `name` as a folder first: an installed pack is named by its
-                # absolute path, so a same-named folder in the working directory cannot stand in
-                name=str(folder.resolve()) if any(folder.glob("*.onnx")) else pack,
-                root=str(root),
-                allowed_modules=ALLOWED_MODULES,
-                providers=providers,
-                sess_options=options,
-            )
-        except AssertionError as exc:  # FaceAnalysis asserts that a detector was found
-            raise missing_error(root, pack, "has no detection model") from exc
-        except Exception as exc:  # a failed download, a corrupt .onnx
-            if download and not any(folder.glob("*.onnx")):
-                raise missing_error(root, pack, f"could not be downloaded ({exc})") from exc
-            raise ModelMissingError(
-                f"InsightFace model pack {pack!r} in {folder} cannot be loaded: {exc}",
-                hint=f"the files may be truncated or not ONNX: replace the pack. Note: {LICENCE_NOTE}.",
-            ) from exc
-        if "recognition" not in app.models:
-            raise missing_error(root, pack, "has no recognition model")
+            app = _face_analysis(root, pack, providers, session_options(threads), download)
+        except ModelMissingError as exc:
+            if providers[0] != CUDA:
+                raise
+            # CUDA is listed but does not start (driver, CUDA or cuDNN libraries): the CPU still works
+            why = f"the CUDA provider failed ({exc.message})"
+            providers = [CPU]
+            app = _face_analysis(root, pack, providers, session_options(threads), download)
+        used = app.det_model.session.get_providers()
+        if device == "cuda" and CUDA not in used and why is None:
+            why = "onnxruntime could not start its CUDA provider"  # it fell back by itself
+        fallback = (
+            f"device: cuda was asked for, but {why}: the {pack} models ({pack_models(pack)}) run on the CPU"
+            if why
+            else None
+        )
         # ctx_id < 0 would make insightface rebuild every session for the CPU: ours already are
         app.prepare(ctx_id=0, det_size=(640, 640))
         _log_licence(folder, pack)
-        log.info("face model %s loaded from %s on %s", pack, folder, providers[0])
-        return cls(app, root, pack, providers)
+        log.info("face model %s loaded from %s on %s", pack, folder, used[0] if used else providers[0])
+        return cls(app, root, pack, [p for p in providers if p in used] or providers, fallback)
 
     def analyze(self, image: Any, options: DetectOptions) -> list[Face]:
         """Faces of one upright RGB image (PIL or HxWx3 uint8), best score first (blocking)."""
@@ -183,6 +204,41 @@ class FaceModel:
             out.append(Face(box, score, feats[j], thumbnail(rgb, box)))
         out.sort(key=lambda f: -f.score)
         return out
+
+
+def _face_analysis(root: Path, pack: str, providers: list[str], options: Any, download: bool) -> Any:
+    """insightface's `FaceAnalysis` over the pack (blocking).
+
+    Raises:
+        ModelMissingError: the pack lacks a detection or recognition model, could not be
+        downloaded, or does not load (truncated files, not ONNX, a provider that fails).
+    """
+    from insightface.app import FaceAnalysis
+
+    folder = pack_dir(root, pack)
+    try:
+        app = FaceAnalysis(
+            # insightface takes `name` as a folder first: an installed pack is named by its
+            # absolute path, so a same-named folder in the working directory cannot stand in
+            name=str(folder.resolve()) if any(folder.glob("*.onnx")) else pack,
+            root=str(root),
+            allowed_modules=ALLOWED_MODULES,
+            providers=providers,
+            sess_options=options,
+        )
+    except AssertionError as exc:  # FaceAnalysis asserts that a detector was found
+        raise missing_error(root, pack, "has no detection model") from exc
+    except Exception as exc:  # a failed download, a corrupt .onnx, a provider that does not start
+        if download and not any(folder.glob("*.onnx")):
+            raise missing_error(root, pack, f"could not be downloaded ({exc})") from exc
+        raise ModelMissingError(
+            f"InsightFace model pack {pack!r} in {folder} cannot be loaded: {exc}",
+            hint=f"the files ({pack_models(pack)}) may be truncated or not ONNX: replace the pack. "
+            f"Note: {licence_note(pack)}.",
+        ) from exc
+    if "recognition" not in app.models:
+        raise missing_error(root, pack, "has no recognition model")
+    return app
 
 
 def session_options(threads: int = 0) -> Any:
@@ -262,7 +318,9 @@ def _log_licence(folder: Path, pack: str) -> None:
         from insightface.model_zoo.model_license import inspect_model_package_license
 
         status = inspect_model_package_license(folder, expected_model_id=pack)
-        log.info("%s licence: %s (%s); %s", pack, status.grant or status.status, status.message, LICENCE_NOTE)
+        log.info(
+            "%s licence: %s (%s); %s", pack, status.grant or status.status, status.message, licence_note(pack)
+        )
     except Exception as exc:  # informational only: never a reason to fail a job
         log.debug("licence inspection failed: %s", exc)
 
@@ -272,14 +330,20 @@ def detect_photos(
     items: Sequence[tuple[str, Path]],
     options: DetectOptions,
     should_stop: Callable[[], bool] = lambda: False,
+    check: Callable[[Path], None] = lambda _p: None,
 ) -> Iterator[PhotoResult]:
     """Analyse photos in order (blocking); the next one is decoded while the current one runs.
 
     An unreadable photo yields a result with `error` set: it never stops the others.
+
+    Raises:
+        InputError: from `check`, called on each photo right before it is opened (a photo that
+        became a link out of the inbox since it was collected fails the job, it is not read).
     """
     from dropflow.engine.media import load_image
 
     def read(path: Path) -> Any:
+        check(path)  # outside the try: a link out of the inbox is the job's failure, not the photo's
         try:
             return load_image(path, max_pixels=options.max_pixels)
         except DropflowError as exc:

@@ -16,6 +16,7 @@ from dropflow.engine.media import DEFAULT_MAX_PIXELS
 
 UNSORTED, NO_FACES, UNREADABLE, SHEETS = "unsorted", "no_faces", "unreadable", "contact_sheets"
 REPORT = "clusters.json"
+DEFAULT_EXCLUDED = ("общие",)  # `exclude_folders` unless set
 
 
 class ClusterParams(Params):
@@ -64,7 +65,8 @@ class ClusterParams(Params):
         description="Cosine similarity to a person's mean at which a later face joins that person.",
     )
     exclude_folders: list[str] = Field(
-        default_factory=lambda: ["общие"], description="Folder names skipped (left in place), any depth."
+        default_factory=lambda: list(DEFAULT_EXCLUDED),
+        description="Folder names skipped (left in place), any depth.",
     )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="Photos with more pixels are unreadable.")
     sheet_faces: int = Field(36, ge=1, le=400, description="Faces on a person's contact sheet.")

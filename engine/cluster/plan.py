@@ -93,8 +93,10 @@ def make_plan(
             means, sizes = clustering.centres(x[rest], labels)
             first = np.full(len(sizes), len(faces))
             np.minimum.at(first, labels[labels >= 0], rest[labels >= 0])
-            # person_001 is the largest new person; ties by first appearance
-            for rank, label in enumerate(sorted(range(len(sizes)), key=lambda c: (-sizes[c], first[c]))):
+            # person_001 is the largest new person; ties by first appearance. A label without
+            # faces is no person (the clustering hands out none; a person of 0 faces must not be)
+            live = [c for c in range(len(sizes)) if sizes[c] > 0]
+            for rank, label in enumerate(sorted(live, key=lambda c: (-sizes[c], first[c]))):
                 ref = -(rank + 1)
                 person_of[rest[labels == label]] = ref
                 planned.append(PlannedPerson(ref, next_seq + rank, means[label], int(sizes[label])))

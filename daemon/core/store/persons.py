@@ -274,9 +274,10 @@ class SqlitePersons:
                         )
 
     async def finish(self, job_id: int) -> None:
+        """Mark the run done; its first `finished_at` stays (a resumed job finishes it again)."""
         async with self.store.transaction() as db:
             await db.execute(
-                "UPDATE cluster_runs SET phase = 'done', finished_at = ? WHERE job_id = ?",
+                "UPDATE cluster_runs SET phase = 'done', finished_at = COALESCE(finished_at, ?) WHERE job_id = ?",
                 (time.time(), job_id),
             )
 
