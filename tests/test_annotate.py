@@ -251,7 +251,8 @@ async def test_request_shape_outputs_and_progress(
     [seg] = doc["segments"]
     assert (seg["start"], seg["end"], seg["frames_sent"]) == (0.0, 6.0, 6)
     assert seg["request_id"] == req.request_id and doc["request_ids"] == [req.request_id]
-    assert seg["usage"]["video_tokens"] == 6 * 64 == doc["usage"]["video_tokens"]
+    # as the service bills 320x240 frames: 9x11 tokens of 28 px per pair of frames, +2 per video
+    assert seg["usage"]["video_tokens"] == 3 * 9 * 11 + 2 == doc["usage"]["video_tokens"]
     assert done.usage["input_tokens"] == doc["usage"]["input_tokens"] > 0 and done.usage["requests"] == 1
 
     lines = txt.splitlines()

@@ -48,7 +48,7 @@ def ds_headers(**extra: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {KEY}", **extra}
 
 
-def mm_body(text: str = "describe", frames: int = 2) -> dict[str, object]:
+def mm_body(text: str = "describe", frames: int = 4) -> dict[str, object]:  # a frame list holds 4+
     return {
         "model": "qwen-vl-max-latest",
         "input": {
@@ -74,14 +74,14 @@ def test_dashscope_rejects_a_wrong_key_with_its_error_shape(ds: FakeDashScope) -
 
 
 def test_dashscope_answer_is_deterministic_and_counts_frames(ds: FakeDashScope) -> None:
-    a = httpx.post(ds.base_url + MM, json=mm_body(frames=3), headers=ds_headers()).json()
-    b = httpx.post(ds.base_url + MM, json=mm_body(frames=3), headers=ds_headers()).json()
-    c = httpx.post(ds.base_url + MM, json=mm_body("other", frames=3), headers=ds_headers()).json()
+    a = httpx.post(ds.base_url + MM, json=mm_body(frames=5), headers=ds_headers()).json()
+    b = httpx.post(ds.base_url + MM, json=mm_body(frames=5), headers=ds_headers()).json()
+    c = httpx.post(ds.base_url + MM, json=mm_body("other", frames=5), headers=ds_headers()).json()
     text = a["output"]["choices"][0]["message"]["content"][0]["text"]
     assert text == b["output"]["choices"][0]["message"]["content"][0]["text"]
     assert text != c["output"]["choices"][0]["message"]["content"][0]["text"]
-    assert "3 frame(s) at 2 fps" in text
-    assert a["usage"]["video_tokens"] == 3 * 64
+    assert "5 frame(s) at 2 fps" in text
+    assert a["usage"]["video_tokens"] == 5 * 64  # stand-in bytes, no image: a flat rate per frame
     assert "image_tokens" not in a["usage"]
 
 

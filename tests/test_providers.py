@@ -101,10 +101,10 @@ async def test_dashscope_sends_frames_fps_parameters_and_system(
     video, text = user["content"]
     assert video["fps"] == 2.0
     assert video["video"][0] == "data:image/jpeg;base64," + base64.b64encode(FRAMES[0]).decode()
-    assert len(video["video"]) == 3
+    assert len(video["video"]) == 4  # three frames, one repeated: a frame list holds at least 4
     assert text == {"text": "What happens in this clip?"}
-    assert "3 frame(s) at 2 fps" in result.text
-    assert result.usage.video_tokens == 3 * 64 and result.usage.image_tokens == 0
+    assert "4 frame(s) at 2 fps" in result.text
+    assert result.usage.video_tokens == 4 * 64 and result.usage.image_tokens == 0  # stand-in bytes
     assert result.usage.input_tokens > result.usage.video_tokens and result.usage.output_tokens > 0
     assert result.request_id == ds.last().request_id and result.provider == "dashscope" and not result.offline
 

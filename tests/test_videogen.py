@@ -92,8 +92,9 @@ def drop(cfg: Config, name: str, data: bytes | str) -> Path:
 
 
 def png(
-    color: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (64, 48), fmt: str = "PNG"
+    color: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (480, 360), fmt: str = "PNG"
 ) -> bytes:
+    """A small image wan i2v models take (each side 360-2000 px)."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -162,7 +163,7 @@ def no_temp_files(root: Path) -> bool:
 async def test_t2v_submits_once_follows_and_writes_video_and_record(
     tmp_path: Path, ds: FakeDashScope, clock: Clock
 ) -> None:
-    params = {"size": "1280x720", "duration": 5, "seed": 7, "prompt_extend": True}
+    params = {"size": "480x832", "duration": 5, "seed": 7, "prompt_extend": True}
     async with started(tmp_path / "p", ds, params=params) as d:
         src = drop(d.cfg, "fox.txt", "a red fox in snow\n")
         job = await job_where(d, following("PENDING"))
@@ -172,7 +173,7 @@ async def test_t2v_submits_once_follows_and_writes_video_and_record(
         assert create.json["input"]["prompt"] == "a red fox in snow"
         assert "img_url" not in create.json["input"]
         assert create.json["parameters"] == {
-            "size": "1280*720",
+            "size": "480*832",
             "duration": 5,
             "seed": 7,
             "prompt_extend": True,
@@ -198,17 +199,25 @@ async def test_t2v_submits_once_follows_and_writes_video_and_record(
     assert record["prompt"] == record["orig_prompt"] == "a red fox in snow"
     assert record["actual_prompt"] == "a red fox in snow (extended)"
     assert record["params"] == {
-        "size": "1280*720",
+        "size": "480*832",
         "resolution": None,
         "duration": 5,
         "seed": 7,
         "prompt_extend": True,
     }
-    assert record["usage"] == {"video_duration": 5, "video_ratio": "1280*720", "video_count": 1}
+    assert record["usage"] == {
+        "model": "wan2.2-t2v-plus",
+        "resolution": "480P",
+        "size": "480*832",
+        "video_seconds": 5,
+        "video_count": 1,
+        "reported": True,
+        "provider_usage": {"video_duration": 5, "video_ratio": "480*832", "video_count": 1},
+    }
     times = record["times"]
     assert all(times[k] for k in ("submitted", "succeeded_seen", "downloaded"))
     assert all(times[k] for k in ("provider_submit_time", "provider_start_time", "provider_end_time"))
-    assert job.usage["video_count"] == 1 and job.usage["offline"] is False
+    assert job.usage == {**record["usage"], "offline": False}
     assert not src.exists() and list((tmp_path / "p" / "archive").rglob("fox.txt"))
     assert no_temp_files(tmp_path / "p" / "outputs")
     task = job.remote_task_id
@@ -399,7 +408,7 @@ async def test_download_failure_is_retried_without_resubmitting(
         job = await status(d, job.id, "succeeded")
         events = await history(d, job.id)
     assert ds.count("download") == 4 and ds.count("video_synthesis") == 1
-    assert job.attempts == 2, "one run failed (retryable), the next one downloaded"
+    assert job.attempts == 1, "a failed download of a paid video waits without using up attempts"
     assert job.checkpoint["download_failures"] == 1
     assert any("download of task" in m and "HTTP 503" in m for m in events)
     assert (tmp_path / "p" / "outputs" / "video-gen" / "wave.mp4").read_bytes()[4:8] == b"ftyp"

@@ -474,3 +474,30 @@ def test_offline_file_urls_are_copied(tmp_path: Path) -> None:
     dest = tmp_path / "out" / "v.mp4"
     assert fetch_video(src.as_uri(), dest, max_bytes=10_000, stop=never) == len(MP4)
     assert dest.read_bytes() == MP4
+
+
+async def test_a_job_files_image_in_the_inbox_that_links_out_is_not_read(tmp_path: Path) -> None:
+    from dropflow.engine import files
+    from dropflow.engine.videogen.models import ImageLimits
+    from dropflow.engine.videogen.plan import _image
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    secret = tmp_path / "private.png"
+    secret.write_bytes(png())
+    (inbox / "shot.png").symlink_to(secret)
+
+    class _Ctx:
+        read_roots = (inbox, tmp_path / "state", tmp_path / "prompts")
+        state_dir = tmp_path / "state"
+
+        def check_readable(self, path: Path, *, what: str = "") -> None:
+            files.check_inside(path, *self.read_roots, what=what)
+
+    class _Run:
+        cp: ClassVar[dict[str, Any]] = {}
+        ctx = _Ctx()
+        job = type("J", (), {"id": 7})()
+
+    with pytest.raises(InputError, match="outside the inbox"):
+        await _image(_Run(), inbox / "shot.png", ImageLimits(), "wan2.2-i2v-plus")  # type: ignore[arg-type]

@@ -98,6 +98,41 @@ class ProviderSettings(_Model):
         return None
 
 
+# `providers.dashscope.region`: where the key was issued (keys are region-bound). The SDK's own
+# region ids are accepted too; those of its MaaS regions need `workspace` (they name the host).
+DashScopeRegion = Literal[
+    "beijing",
+    "cn-beijing",
+    "singapore",
+    "ap-southeast-1",
+    "us-east-1",
+    "cn-hongkong",
+    "eu-central-1",
+    "ap-northeast-1",
+]
+
+
+class DashScopeSettings(ProviderSettings):
+    """`providers.dashscope`: the common settings, plus the region the key belongs to."""
+
+    region: DashScopeRegion | None = Field(
+        None,
+        description="Where the key was issued: beijing (dashscope.aliyuncs.com) or singapore "
+        "(international, dashscope-intl.aliyuncs.com); or an SDK region id (needs workspace for "
+        "us-east-1, cn-hongkong, eu-central-1, ap-northeast-1). Empty: base_url, else the SDK's "
+        "DASHSCOPE_HTTP_BASE_URL / DASHSCOPE_API_REGION / DASHSCOPE_WORKSPACE_ID, else beijing.",
+    )
+    workspace: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        description="Model Studio workspace id, sent with every call (X-DashScope-WorkSpace); "
+        "a MaaS region's host takes DASHSCOPE_WORKSPACE_ID when this is empty.",
+    )
+    # DashScope lets a non-streaming call run 180 s before it answers with what it has: a client
+    # that gives up sooner pays for the answer and never sees it
+    timeout_seconds: float = Field(200.0, gt=0, description="Per-request timeout (over the 180 s call cap).")
+
+
 class OfflineSettings(_Model):
     latency_seconds: float = Field(0.0, ge=0, description="Simulated latency per call (demos, benches).")
     video_seconds: float = Field(3.0, ge=0, description="Simulated generation time of an offline video.")
@@ -110,8 +145,8 @@ class Providers(_Model):
     default: ProviderName = Field(
         "auto", description="auto = dashscope when its key is set, else offline (announced at start)."
     )
-    dashscope: ProviderSettings = Field(
-        default_factory=lambda: ProviderSettings(requests_per_minute=1200, concurrency=16)
+    dashscope: DashScopeSettings = Field(
+        default_factory=lambda: DashScopeSettings(requests_per_minute=1200, concurrency=16)
     )
     openai: ProviderSettings = Field(default_factory=ProviderSettings)
     anthropic: ProviderSettings = Field(default_factory=ProviderSettings)

@@ -7,6 +7,8 @@ restarted job finds the answers it already paid for, and so does a job for a cop
 
 One small JSON file per answer under ``<state>/answers/ab/abcdef....json``, written atomically
 (temp + fsync + rename) before the answer is used, so a crash right after a paid call keeps it.
+Only complete answers are kept: one cut off by its token budget or by the service is never final
+(an entry that says so, from an older version, reads as missing).
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ class AnswerCache:
         return self.root / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> CachedAnswer | None:
-        """The stored answer, or None (also for an unreadable entry, which is then simply paid again)."""
+        """The stored answer, or None (also for an unreadable or incomplete entry, which is then
+        simply paid again)."""
         try:
             data = json.loads(self._path(key).read_text(encoding="utf-8"))
             usage = Usage(
@@ -93,13 +96,21 @@ class AnswerCache:
                 usage=usage,
                 request_id=str(data.get("request_id", "")),
                 finish_reason=str(data.get("finish_reason", "")),
+                partial=bool(data.get("partial", False)),
             )
-            return CachedAnswer(result, str(data.get("paid_by", "")), float(data.get("at", 0.0)))
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        if not result.complete:
+            return None
+        return CachedAnswer(result, str(data.get("paid_by", "")), float(data.get("at", 0.0)))
 
     def put(self, key: str, result: VisionResult, *, paid_by: str) -> None:
-        """Store an answer durably. Raises OSError when the state folder is not writable."""
+        """Store a complete answer durably (an incomplete one is not stored).
+
+        Raises OSError when the state folder is not writable.
+        """
+        if not result.complete:
+            return
         files.write_json(
             self._path(key),
             {
@@ -109,6 +120,7 @@ class AnswerCache:
                 "usage": result.usage.as_dict(),
                 "request_id": result.request_id,
                 "finish_reason": result.finish_reason,
+                "partial": result.partial,
                 "paid_by": paid_by,
                 "at": time.time(),
             },

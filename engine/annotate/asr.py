@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dropflow.engine.errors import JobCancelled
-from dropflow.engine.providers.base import AudioPart, VisionRequest
+from dropflow.engine.providers.base import AudioPart, ModelLimits, VisionRequest
 
 if TYPE_CHECKING:
     import numpy as np
@@ -147,6 +147,17 @@ def extract_soundtrack(
             continue
         track.chunks.append(AudioChunk(offset + a / SAMPLE_RATE, offset + b / SAMPLE_RATE, to_wav(piece)))
     return track
+
+
+def fit_chunk_seconds(asked: float, limits: ModelLimits) -> float:
+    """`asked`, shortened so that every clip fits the model's clip length and the request body (a
+    WAV travels as base64, 4/3 of its bytes). A chunk can come out a quarter longer than asked
+    (`cut_points` joins a short tail), so the bound is divided by 1.25."""
+    longest = limits.max_audio_seconds or math.inf
+    if limits.max_request_bytes is not None:
+        room = (limits.max_request_bytes - 16 * 1024) * 3 / 4 - 44  # minus the envelope, the WAV header
+        longest = min(longest, room / (SAMPLE_RATE * 2))
+    return asked if asked * 1.25 <= longest else float(int(longest / 1.25))
 
 
 def chunk_request(chunk: AudioChunk, model: str) -> VisionRequest:

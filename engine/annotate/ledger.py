@@ -16,6 +16,7 @@ class Call:
     result: VisionResult
     cached: bool  # came from the answer cache
     paid_here: bool  # paid by this job (in this attempt or an earlier one)
+    used: bool = True  # False: a cut-off answer that was asked again (paid, not used)
 
 
 @dataclass

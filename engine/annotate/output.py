@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from dropflow.engine.annotate.ledger import Call, Ledger
     from dropflow.engine.annotate.params import AnnotateParams, Role
     from dropflow.engine.annotate.segments import Segment
+    from dropflow.engine.annotate.summary import Summary
     from dropflow.engine.providers.base import VisionProvider
 
 
@@ -35,7 +36,7 @@ class Outcome:
     sampling: Sampling
     segments: list[Segment]
     answers: list[Call]  # one per segment
-    summary: Call | None  # two-stage mode only
+    summary: Summary | None  # two-stage mode only
     annotation: str
     transcript: Transcript | None
     asr_note: str
@@ -81,6 +82,7 @@ def write_outputs(o: Outcome, output_dir: Path) -> list[Path]:
             "request_id": c.result.request_id,
             "usage": c.result.usage.as_dict(),
             "cached": c.cached,
+            "complete": c.result.complete,
         }
 
     sampling, summary = o.sampling, o.summary
@@ -117,7 +119,22 @@ def write_outputs(o: Outcome, output_dir: Path) -> list[Path]:
             }
             for s, a in zip(o.segments, o.answers, strict=True)
         ],
-        "summary": {"text": summary.result.text, **call_json(summary)} if summary else None,
+        "summary": {
+            "text": summary.final.result.text,
+            **call_json(summary.final),
+            "parts": [
+                {
+                    "level": part.level,
+                    "start": round(part.start, 3),
+                    "end": round(part.end, 3),
+                    "text": part.call.result.text,
+                    **call_json(part.call),
+                }
+                for part in summary.parts
+            ],
+        }
+        if summary
+        else None,
         "asr": {
             "status": o.asr_note,
             "model": p.asr_model if o.transcript is not None else None,

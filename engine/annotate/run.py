@@ -10,17 +10,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from dropflow.engine.annotate.answer_cache import AnswerCache
-from dropflow.engine.annotate.asr import clock
+from dropflow.engine.annotate.asr import clock, fit_chunk_seconds
 from dropflow.engine.annotate.calls import Caller, gather_all
 from dropflow.engine.annotate.ledger import Call, Ledger
 from dropflow.engine.annotate.output import Outcome, write_outputs
-from dropflow.engine.annotate.segments import Segment, padded, segment_context, split
+from dropflow.engine.annotate.segments import (
+    Budget,
+    Segment,
+    padded,
+    payload_bytes,
+    request_budget,
+    segment_context,
+    split,
+)
 from dropflow.engine.annotate.sidecars import read_sidecars, role_photo_parts, roles_text
+from dropflow.engine.annotate.summary import Piece, Summariser, Summary
 from dropflow.engine.annotate.templates import fill, job_templates, uses
 from dropflow.engine.base import Done, JobContext
 from dropflow.engine.errors import InputError
 from dropflow.engine.media import VIDEO_EXTENSIONS
-from dropflow.engine.providers.base import Part, TextPart, VideoPart, VisionProvider, VisionRequest
+from dropflow.engine.providers import token_counter, vision_limits
+from dropflow.engine.providers.base import (
+    ModelLimits,
+    Part,
+    TextPart,
+    VideoPart,
+    VisionProvider,
+    VisionRequest,
+)
 
 if TYPE_CHECKING:
     from dropflow.daemon.core.jobs import Job
@@ -76,7 +93,19 @@ class Run:
         if p.cache and not provider.offline:  # offline answers are free and carry no value worth keeping
             cache = AnswerCache(ctx.state_dir / "answers")
         marker = f"job {self.job.id} {self.job.content_hash[:16]}"
-        self.caller = Caller(provider, cache, ctx, self.ledger, marker, p.concurrency)
+        self.caller = Caller(
+            provider, cache, ctx, self.ledger, marker, p.concurrency, self.limits, self.warnings
+        )
+        values = {
+            "videoExtraInfo": extra,
+            "videoRoles": roles_text(roles),
+            "language": p.language or "",
+        }
+        summariser: Summariser | None = None
+        if p.mode == "two_stage":  # checked before anything is paid for
+            summariser = self._summariser(templates["summary"], values)
+            answer_limit = self.limits(p.model).max_output_tokens or p.max_tokens
+            await asyncio.to_thread(summariser.check_room, min(p.max_tokens, answer_limit))
         photos: list[Part] = []
         if any(r.photos for r in roles):
             photos = await asyncio.to_thread(
@@ -90,19 +119,25 @@ class Run:
         transcript, asr_note = await self._speech(needs_asr)
         ctx.check_cancelled()
 
-        segments = split(sampling, p.max_frames_per_segment, p.segment_seconds)
-        values = {
-            "videoExtraInfo": extra,
-            "videoRoles": roles_text(roles),
-            "language": p.language or "",
-        }
         first = templates["segment" if p.mode == "two_stage" else "prompt"]
+        budget = self._budget(sampling, photos, [first, *values.values()], transcript)
+        segments = split(sampling, budget, p.segment_seconds)
+        if len(segments) > len(split(sampling, p.max_frames_per_segment, p.segment_seconds)):
+            self.warnings.append(
+                f"{len(segments)} segments: at most {budget.frames} frames"
+                + (f" and {budget.bytes // 2**20} MiB" if budget.bytes else "")
+                + f" fit in one request to {p.model}"
+            )
         answers = await self._segments(segments, first, values, templates, transcript, photos)
 
-        summary: Call | None = None
-        if p.mode == "two_stage":
-            summary = await self._summary(segments, answers, templates["summary"], values, transcript)
-            annotation = summary.result.text
+        summary: Summary | None = None
+        if summariser is not None:
+            summariser.transcript = transcript
+            await ctx.progress(P_SEGMENTS, "summary")
+            pieces = [Piece(s.start, s.end, a.result.text, 0) for s, a in zip(segments, answers, strict=True)]
+            summary = await summariser.run(pieces)
+            self.warnings += summary.notes
+            annotation = summary.final.result.text
         elif len(segments) == 1:
             annotation = answers[0].result.text
         else:
@@ -138,6 +173,45 @@ class Run:
             usage=usage,
             message=f"{len(segments)} segment(s), {len(sampling.frames)}/{sampling.sampled} frames sent"
             + (f", {cached} cached answer(s)" if cached else ""),
+        )
+
+    def limits(self, model: str) -> ModelLimits:
+        """What one request of `model` may hold, through this job's provider."""
+        assert self.provider is not None
+        return vision_limits(self.provider.name, model)
+
+    def _budget(
+        self, sampling: Sampling, photos: list[Part], texts: list[str], transcript: Transcript | None
+    ) -> Budget:
+        """What the frames of one segment request may take (see `segments.request_budget`)."""
+        inline, fixed = payload_bytes(photos, [*texts, transcript.render() if transcript else ""])
+        return request_budget(
+            self.limits(self.p.model),
+            self.p.max_frames_per_segment,
+            inline_media=inline,
+            fixed_bytes=fixed,
+            largest_frame=max((len(f.jpeg) for f in sampling.frames), default=0),
+        )
+
+    def _summariser(self, template: str, values: dict[str, str]) -> Summariser:
+        p = self.p
+        assert self.provider is not None and self.caller is not None
+        caller = self.caller
+
+        async def ask(request: VisionRequest, label: str) -> Call:
+            return await caller.ask("summary", request, label)
+
+        return Summariser(
+            model=p.summary_model,
+            template=template,
+            values=values,
+            transcript=None,
+            suffix=self._language_note(template),
+            temperature=p.temperature,
+            max_tokens=p.max_tokens,
+            count=token_counter(self.provider.name),
+            max_input=self.limits(p.summary_model).max_input_tokens,
+            ask=ask,
         )
 
     def _check_video(self) -> None:
@@ -227,7 +301,7 @@ class Run:
             return None, f"provider {self.provider.name} has no speech recognition"
         await ctx.progress(P_SAMPLING, "extracting the soundtrack")
         track: Soundtrack = await self._in_thread(
-            extract_soundtrack, self.video, chunk_seconds=p.asr_chunk_seconds
+            extract_soundtrack, self.video, chunk_seconds=self._chunk_seconds()
         )
         self.warnings += track.warnings
         if not track.has_audio:
@@ -238,7 +312,7 @@ class Run:
 
         async def one(chunk: Any) -> str:
             nonlocal done
-            call = await self._ask("asr", chunk_request(chunk, p.asr_model))
+            call = await self._ask("asr", chunk_request(chunk, p.asr_model), f"speech {clock(chunk.start)}")
             done += 1
             fraction = P_SAMPLING + (P_SPEECH - P_SAMPLING) * done / len(track.chunks)
             await ctx.progress(fraction, f"speech {done}/{len(track.chunks)}")
@@ -246,6 +320,16 @@ class Run:
 
         texts = await gather_all([one(c) for c in track.chunks])
         return transcript(p.asr_model, track.chunks, texts), "transcribed"
+
+    def _chunk_seconds(self) -> float:
+        p = self.p
+        seconds = fit_chunk_seconds(p.asr_chunk_seconds, self.limits(p.asr_model))
+        if seconds < p.asr_chunk_seconds:
+            self.warnings.append(
+                f"speech is sent in chunks of about {seconds:g} s (not {p.asr_chunk_seconds:g} s): "
+                f"a longer clip does not fit one request to {p.asr_model}"
+            )
+        return seconds
 
     async def _segments(
         self,
@@ -284,7 +368,9 @@ class Run:
             request = VisionRequest(
                 model=p.model, parts=parts, temperature=p.temperature, max_tokens=p.max_tokens
             )
-            call = await self._ask("segment", request)
+            call = await self._ask(
+                "segment", request, f"segment {seg.index + 1} ({clock(seg.start)}-{clock(seg.end)})"
+            )
             done += 1
             fraction = P_SPEECH + (P_SEGMENTS - P_SPEECH) * done / len(segments)
             await ctx.progress(fraction, f"segment {done}/{len(segments)}")
@@ -301,42 +387,14 @@ class Run:
             raise
         return await gather_all(tasks)
 
-    async def _summary(
-        self,
-        segments: list[Segment],
-        answers: list[Call],
-        template: str,
-        values: dict[str, str],
-        transcript: Transcript | None,
-    ) -> Call:
-        p = self.p
-        await self.ctx.progress(P_SEGMENTS, "summary")
-        analysis = "\n\n".join(
-            f"[{clock(s.start)}-{clock(s.end)}]\n{a.result.text.strip()}"
-            for s, a in zip(segments, answers, strict=True)
-        )
-        text = fill(
-            template,
-            {
-                **values,
-                "videoAnalysisText": analysis,
-                "videoAsrText": transcript.render() if transcript else "",
-            },
-        )
-        if values["videoRoles"] and not uses(template, "videoRoles"):
-            text = f"{values['videoRoles']}\n\n{text}"
-        text += self._language_note(template)
-        request = VisionRequest(
-            model=p.summary_model, parts=[TextPart(text)], temperature=p.temperature, max_tokens=p.max_tokens
-        )
-        return await self._ask("summary", request)
-
     def _language_note(self, template: str) -> str:
         if self.p.language and not uses(template, "language"):
             return f"\n\nWrite your answer in {self.p.language}."
         return ""
 
-    async def _ask(self, kind: Literal["segment", "asr", "summary"], request: VisionRequest) -> Call:
+    async def _ask(
+        self, kind: Literal["segment", "asr", "summary"], request: VisionRequest, label: str
+    ) -> Call:
         """One answer, through the answer cache (see `Caller.ask`, which says what it raises)."""
         assert self.caller is not None
-        return await self.caller.ask(kind, request)
+        return await self.caller.ask(kind, request, label)

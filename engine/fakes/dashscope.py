@@ -10,6 +10,7 @@ Endpoints (route names in brackets, for `count()` / `requests()`):
 - ``GET  /files/{name}`` [download]: the signed `video_url` of a finished task
 
 Wire shapes follow ``reference/dashscope.md``; see that file for what is confirmed and what is not.
+What each wan model accepts, how it cuts prompts and how it reports usage are in wan_models.py.
 This module holds the video-synthesis tasks and their downloads; the generation and upload
 endpoints (and the error format) are `FakeDashScopeGeneration` in dashscope_generation.py.
 """
@@ -26,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from dropflow.engine.fakes import wan_models as wan
 from dropflow.engine.fakes.dashscope_generation import API, FakeDashScopeGeneration
 from dropflow.engine.fakes.server import REQUEST_ID, new_id
 
@@ -87,6 +89,7 @@ class FakeDashScope(FakeDashScopeGeneration):
         self.tasks: dict[str, FakeTask] = {}
         self.download_failures = 0  # the next N downloads answer 503
         self._fail_next: list[tuple[str, str]] = []
+        self._garbled: list[tuple[bytes, str]] = []  # (body, content type) of create replies to garble
 
     # --- test controls ---------------------------------------------------------------------------
 
@@ -100,6 +103,22 @@ class FakeDashScope(FakeDashScopeGeneration):
     def fail_downloads(self, n: int) -> None:
         with self._lock:
             self.download_failures += n
+
+    def garble_create_replies(
+        self, body: bytes, *, content_type: str = "application/json", times: int = 1
+    ) -> None:
+        """The next `times` create calls are carried out (the task exists and would bill) but answered
+        with a 200 of `body` (empty, truncated JSON ...), as a failing gateway may. Unlike
+        `Fault.body`, which answers in place of the handler, the task is really made."""
+        with self._lock:
+            self._garbled.extend([(body, content_type)] * times)
+
+    def _garble(self) -> web.Response | None:
+        with self._lock:
+            if not self._garbled:
+                return None
+            body, ctype = self._garbled.pop(0)
+        return web.Response(status=200, body=body, headers={"Content-Type": ctype})
 
     def task_status(self, task_id: str) -> str:
         with self._lock:
@@ -143,20 +162,22 @@ class FakeDashScope(FakeDashScopeGeneration):
             return err or web.Response(status=500)
         model, inp = body["model"], body["input"]
         params = body.get("parameters") or {}
-        if "i2v" in model:
-            img = inp.get("img_url")
-            if not img:
-                return self.error(request, 400, "InvalidParameter", "img_url is required for image-to-video.")
-            if problem := self._check_url(request, img):
-                return self.error(request, 400, "InvalidURL", problem)
-        elif not inp.get("prompt"):
-            return self.error(request, 400, "InvalidParameter", "prompt is required.")
+        img = inp.get("img_url")
+        if img and (problem := self._check_url(request, img)):
+            return self.error(request, 400, "InvalidURL", problem)
+        image = wan.image_bytes(str(img), self.uploads) if img else None
+        try:  # what the real model refuses (engine/fakes/wan_models.py)
+            wan.check_create(model, inp, params, image)
+        except wan.Refused as exc:
+            return self.error(request, 400, exc.code, exc.message)
         now = self.clock()
-        task = FakeTask(new_id(), model, inp, params, now, _stamp(now))
+        task = FakeTask(new_id(), model, inp, params, now, _stamp(now), extra={"image": image})
         with self._lock:
             if self._fail_next:
                 task.fail = self._fail_next.pop(0)
             self.tasks[task.task_id] = task
+        if garbled := self._garble():
+            return garbled
         return self.ok(
             request,
             {
@@ -189,16 +210,13 @@ class FakeDashScope(FakeDashScopeGeneration):
                 f"{self.url}/files/{task_id}.mp4?Expires={expires}&OSSAccessKeyId=FAKEOSSACCESSKEY"
                 f"&Signature=fake%2Bsig%3D"
             )
-            prompt = str(task.input.get("prompt") or "")
-            output["orig_prompt"] = prompt
+            rules = wan.WAN[task.model]
+            prompt, _ = wan.used_prompts(rules, task.input)  # cut to what the model reads, silently
+            output["orig_prompt"] = str(task.input.get("prompt") or "")
             output["actual_prompt"] = (
                 prompt + " (extended)" if task.parameters.get("prompt_extend") else prompt
             )
-            body["usage"] = {
-                "video_duration": task.parameters.get("duration", 5),
-                "video_ratio": task.parameters.get("size") or task.parameters.get("resolution") or "1280*720",
-                "video_count": 1,
-            }
+            body["usage"] = wan.usage(rules, task.parameters, task.extra.get("image"))
         return self.ok(request, body)
 
     async def _task_cancel(self, request: web.Request) -> web.StreamResponse:

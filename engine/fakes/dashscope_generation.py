@@ -1,18 +1,22 @@
 """The fake DashScope's synchronous side: multimodal and text generation (JSON or SSE) and OSS uploads.
 
 `FakeDashScope` (dashscope.py) adds the asynchronous video-synthesis tasks on top; the endpoint list
-and the wire-shape notes are in that module's docstring.
+and the wire-shape notes are in that module's docstring. Generation keeps the real service's limits
+and billing, per model: the table is dashscope_models.py, the rules dashscope_rules.py.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, ClassVar
 
 from aiohttp import web
 
+from dropflow.engine.fakes import dashscope_rules as rules
 from dropflow.engine.fakes.answers import Prompt
+from dropflow.engine.fakes.dashscope_models import PARTIAL_HEADER, ModelRule, rule_for
 from dropflow.engine.fakes.server import BODY, RECORD, REQUEST_ID, FakeServer, new_id
 
 API = "/api/v1"
@@ -38,6 +42,9 @@ class FakeDashScopeGeneration(FakeServer):
         super().__init__(**kwargs)
         self.uploads: dict[str, bytes] = {}  # OSS object key -> uploaded bytes
         self.upload_forms: list[dict[str, str]] = []  # the text fields of each form upload
+        # how long the model takes to answer a prompt, in pretend seconds (nothing sleeps): a
+        # non-streaming call over 180 s gets a partial answer; called on the server thread
+        self.answer_seconds: Callable[[Prompt], float] | None = None
 
     # --- the server side -------------------------------------------------------------------------
 
@@ -117,6 +124,20 @@ class FakeDashScopeGeneration(FakeServer):
                     prompt.audios.append(part["audio"])
         return prompt, None
 
+    def _generate(
+        self, request: web.Request, body: dict[str, Any], prompt: Prompt, rule: ModelRule
+    ) -> tuple[rules.Ending, dict[str, Any], bool] | web.Response:
+        """The ending, usage and stream flag of this call's answer, or the 400 the service sends."""
+        params = body.get("parameters") or {}
+        stream = request.headers.get("X-DashScope-SSE") == "enable"
+        size = request.content_length or 0
+        if refused := rules.refusal(rule, prompt, params, body_bytes=size, stream=stream):
+            return self.error(request, 400, *refused)
+        text, _ = self.answer(prompt)
+        seconds = self.answer_seconds(prompt) if self.answer_seconds else 0.0
+        end = rules.ending(text, params, stream=stream, seconds=seconds, rule=rule)
+        return end, rules.usage(rule, prompt, end.text), stream
+
     async def _multimodal(self, request: web.Request) -> web.StreamResponse:
         body, err = self._envelope(request)
         if err is not None or body is None:
@@ -125,39 +146,39 @@ class FakeDashScopeGeneration(FakeServer):
         if problem:
             code = "InvalidURL" if "URL" in problem or "object" in problem else "InvalidParameter"
             return self.error(request, 400, code, problem)
-        text, tokens = self.answer(prompt)
-        usage: dict[str, Any] = {
-            "input_tokens": tokens["input_tokens"],
-            "output_tokens": tokens["output_tokens"],
-            "total_tokens": tokens["input_tokens"] + tokens["output_tokens"],
+        rule = rule_for(prompt.model, "multimodal")
+        made = self._generate(request, body, prompt, rule)
+        if isinstance(made, web.Response):
+            return made
+        end, usage, stream = made
+        message: dict[str, Any] = {"role": "assistant", "content": [{"text": end.text}]}
+        if rule.kind == "asr":  # speech recognition adds what it heard about the audio
+            message["annotations"] = [{"language": "en", "type": "audio_info", "emotion": "neutral"}]
+        if stream:
+            return await self._stream(request, end, usage, body.get("parameters") or {})
+        reply = {
+            "output": {"choices": [{"finish_reason": end.finish_reason, "message": message}]},
+            "usage": usage,
+            "request_id": request[REQUEST_ID],
         }
-        if prompt.images:
-            usage["image_tokens"] = tokens["image_tokens"]
-        if prompt.frames:
-            usage["video_tokens"] = tokens["video_tokens"]
-        if prompt.audios:
-            usage["audio_tokens"] = tokens["audio_tokens"]
-        if request.headers.get("X-DashScope-SSE") == "enable":
-            return await self._stream(request, text, usage, body.get("parameters") or {})
-        return self.ok(
-            request,
-            {
-                "output": {
-                    "choices": [
-                        {
-                            "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": [{"text": text}]},
-                        }
-                    ]
-                },
-                "usage": usage,
-                "request_id": request[REQUEST_ID],
-            },
-        )
+        return self._reply(request, reply, end)
+
+    def _reply(self, request: web.Request, body: dict[str, Any], end: rules.Ending) -> web.Response:
+        response = self.ok(request, body)
+        if end.partial:
+            response.headers[PARTIAL_HEADER] = "true"
+        return response
 
     async def _stream(
-        self, request: web.Request, text: str, usage: dict[str, Any], params: dict[str, Any]
+        self,
+        request: web.Request,
+        end: rules.Ending,
+        usage: dict[str, Any],
+        params: dict[str, Any],
+        *,
+        text_content: bool = False,
     ) -> web.StreamResponse:
+        """An SSE answer in two pieces; `text_content`: the text endpoint's string content."""
         resp = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream;charset=UTF-8",
@@ -165,7 +186,7 @@ class FakeDashScopeGeneration(FakeServer):
             }
         )
         await resp.prepare(request)
-        words = text.split(" ")
+        words = end.text.split(" ")
         half = max(1, len(words) // 2)
         chunks = [" ".join(words[:half]) + " ", " ".join(words[half:])]
         incremental = bool(params.get("incremental_output"))
@@ -173,14 +194,15 @@ class FakeDashScopeGeneration(FakeServer):
         for i, chunk in enumerate(chunks, start=1):
             sent += chunk
             last = i == len(chunks)
+            piece = chunk if incremental else sent
             data = {
                 "output": {
                     "choices": [
                         {
-                            "finish_reason": "stop" if last else "null",
+                            "finish_reason": end.finish_reason if last else "null",
                             "message": {
                                 "role": "assistant",
-                                "content": [{"text": chunk if incremental else sent}],
+                                "content": piece if text_content else [{"text": piece}],
                             },
                         }
                     ]
@@ -202,20 +224,21 @@ class FakeDashScopeGeneration(FakeServer):
             return self.error(request, 400, "InvalidParameter", problem)
         if prompt.images or prompt.frames:
             return self.error(request, 400, "InvalidParameter", "Text models accept text content only.")
-        text, tokens = self.answer(prompt)
-        usage = {
-            "input_tokens": tokens["input_tokens"],
-            "output_tokens": tokens["output_tokens"],
-            "total_tokens": tokens["input_tokens"] + tokens["output_tokens"],
-        }
+        made = self._generate(request, body, prompt, rule_for(prompt.model, "text"))
+        if isinstance(made, web.Response):
+            return made
+        end, usage, stream = made
         params = body.get("parameters") or {}
+        if stream:
+            return await self._stream(request, end, usage, params, text_content=True)
         if params.get("result_format") == "message":
-            output: dict[str, Any] = {
-                "choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": text}}]
-            }
+            message = {"role": "assistant", "content": end.text}
+            output: dict[str, Any] = {"choices": [{"finish_reason": end.finish_reason, "message": message}]}
         else:
-            output = {"text": text, "finish_reason": "stop"}
-        return self.ok(request, {"output": output, "usage": usage, "request_id": request[REQUEST_ID]})
+            output = {"text": end.text, "finish_reason": end.finish_reason}
+        return self._reply(
+            request, {"output": output, "usage": usage, "request_id": request[REQUEST_ID]}, end
+        )
 
     # --- uploads ---------------------------------------------------------------------------------
 

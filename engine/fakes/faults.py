@@ -1,4 +1,5 @@
-"""`Fault`: one injected misbehaviour (an error body, an HTML page, a dropped connection, a stall).
+"""`Fault`: one injected misbehaviour (an error body, an HTML page, a dropped connection, a stall,
+a malformed reply).
 
 Tests queue faults with `FakeServer.inject`; the server's shared middleware applies them.
 """
@@ -15,16 +16,20 @@ class Fault:
 
     kinds: ``error`` (a JSON error body in the provider's own format), ``html`` (an HTML error
     page, as a load balancer sends), ``drop`` (the connection is closed without a response),
-    ``stall`` (the answer is delayed by `seconds`, to trigger client timeouts).
+    ``stall`` (the answer is delayed by `seconds`, to trigger client timeouts), ``body`` (a reply
+    with a raw body: empty, truncated JSON, anything), ``cut`` (the status line and part of the
+    body arrive, then the connection is reset).
     """
 
-    kind: Literal["error", "html", "drop", "stall"]
+    kind: Literal["error", "html", "drop", "stall", "body", "cut"]
     status: int = 500
     code: str = ""
     message: str = ""
     retry_after: float | None = None
     seconds: float = 0.0
     endpoint: str | None = None
+    body_text: str = ""  # the raw body of a ``body`` fault, the part sent of a ``cut`` one
+    content_type: str = "application/json"
 
     @classmethod
     def error(
@@ -50,3 +55,20 @@ class Fault:
     @classmethod
     def stall(cls, seconds: float, *, endpoint: str | None = None) -> Fault:
         return cls("stall", seconds=seconds, endpoint=endpoint)
+
+    @classmethod
+    def body(
+        cls,
+        text: str,
+        *,
+        status: int = 200,
+        content_type: str = "application/json",
+        endpoint: str | None = None,
+    ) -> Fault:
+        """A reply with exactly this body (a 200 with ``""`` or ``'{"output": {"cho'``, say)."""
+        return cls("body", status, endpoint=endpoint, body_text=text, content_type=content_type)
+
+    @classmethod
+    def cut(cls, text: str = '{"output": {"choices": [{"mess', *, endpoint: str | None = None) -> Fault:
+        """A 200 that promises a longer body, sends `text`, and resets the connection."""
+        return cls("cut", 200, endpoint=endpoint, body_text=text)

@@ -189,6 +189,23 @@ class FakeServer:
                 if request.transport is not None:
                     request.transport.close()
                 raise asyncio.CancelledError
+            if fault.kind == "cut":
+                # a reply broken off mid-body: the request was served (and would be billed)
+                partial = web.StreamResponse(
+                    status=fault.status, headers={"Content-Type": fault.content_type}
+                )
+                partial.content_length = len(fault.body_text) + 4096
+                await partial.prepare(request)
+                await partial.write(fault.body_text.encode())
+                if request.transport is not None:
+                    request.transport.close()
+                raise asyncio.CancelledError
+            if fault.kind == "body":
+                return web.Response(
+                    status=fault.status,
+                    body=fault.body_text.encode(),
+                    headers={"Content-Type": fault.content_type, self.request_id_header: request[REQUEST_ID]},
+                )
             if fault.kind == "stall":
                 await asyncio.sleep(fault.seconds)
             elif fault.kind == "html":

@@ -7,11 +7,12 @@ dashscope SDK alone takes about a second to import.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from dropflow.daemon.core.config import Providers
 from dropflow.engine.errors import ConfigError
-from dropflow.engine.providers.base import VideoGenProvider, VisionProvider
+from dropflow.engine.providers.base import ModelLimits, VideoGenProvider, VisionProvider
 
 VISION_PROVIDERS = ("offline", "dashscope", "openai", "anthropic")
 VIDEOGEN_PROVIDERS = ("offline", "dashscope")
@@ -45,6 +46,28 @@ def _resolve(name: str | None, providers: Providers, known: tuple[str, ...], wha
     return name
 
 
+def vision_limits(provider: str, model: str) -> ModelLimits:
+    """What one request of `model` through `provider` may hold (none known: no limits).
+
+    Only DashScope's are known; an OpenAI-compatible or Anthropic server says so when refusing.
+    """
+    if provider == "dashscope":
+        from dropflow.engine.providers.dashscope_models import limits
+
+        return limits(model)
+    return ModelLimits()
+
+
+def token_counter(provider: str) -> Callable[[str], int] | None:
+    """How `provider` counts the tokens of a text (blocking; load it off the event loop), or None
+    when not known (its models then have no known input limit either)."""
+    if provider == "dashscope":
+        from dropflow.engine.providers.dashscope_models import count_tokens
+
+        return count_tokens
+    return None
+
+
 def build_vision(name: str, providers: Providers, *, state_dir: Path) -> VisionProvider:
     """A vision provider by name ("auto" resolves through `resolve_default`).
 
@@ -52,7 +75,7 @@ def build_vision(name: str, providers: Providers, *, state_dir: Path) -> VisionP
     """
     name = _resolve(name, providers, VISION_PROVIDERS, "vision")
     if name == "dashscope":
-        from dropflow.engine.providers.dashscope import DashScopeVision
+        from dropflow.engine.providers.dashscope_vision import DashScopeVision
 
         return DashScopeVision(providers.dashscope)
     if name == "openai":
@@ -106,7 +129,10 @@ class ProviderPool:
 
     async def aclose(self) -> None:
         """Close every provider created so far. Never raises."""
-        providers: list[VisionProvider | VideoGenProvider] = [*self._vision.values(), *self._videogen.values()]
+        providers: list[VisionProvider | VideoGenProvider] = [
+            *self._vision.values(),
+            *self._videogen.values(),
+        ]
         for provider in providers:
             await provider.aclose()
         self._vision.clear()

@@ -57,20 +57,29 @@ class VisionRequest:
     max_tokens: int = 4000
     json_mode: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # ask for a streamed answer where the provider can stream: no service-side cap on the call's
+    # duration (DashScope cuts non-streaming calls at 180 s). Not part of the answer: a streamed
+    # and a plain answer to the same request are the same answer.
+    stream: bool = False
 
 
 @dataclass
 class Usage:
+    """What one answer was billed for, as the provider reported it. Speech recognition bills
+    seconds of audio (`audio_seconds`), not tokens."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     image_tokens: int = 0
     video_tokens: int = 0
+    audio_seconds: int = 0
 
     def add(self, other: Usage) -> None:
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.image_tokens += other.image_tokens
         self.video_tokens += other.video_tokens
+        self.audio_seconds += other.audio_seconds
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -78,6 +87,7 @@ class Usage:
             "output_tokens": self.output_tokens,
             "image_tokens": self.image_tokens,
             "video_tokens": self.video_tokens,
+            "audio_seconds": self.audio_seconds,
         }
 
 
@@ -90,6 +100,32 @@ class VisionResult:
     request_id: str = ""
     finish_reason: str = ""
     offline: bool = False
+    # the service cut the answer off before the model finished (DashScope's
+    # `x-dashscope-partialresponse: true` after 180 s of a non-streaming call)
+    partial: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """False for an answer cut off by the token budget (`finish_reason` "length") or the service."""
+        return not self.partial and self.finish_reason != "length"
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What one request to a model may hold, as far as the provider knows; None: no known limit.
+
+    Engines size their requests from these (frames per request, bytes per request, the text a
+    summary may take) so that the service never refuses them after other requests were paid.
+    """
+
+    min_frames: int = 1  # a frame list shorter than this is refused
+    max_frames: int | None = None  # frames in one frame list
+    max_inline_media: int | None = None  # inline (data:) images, frames and clips per request
+    max_request_bytes: int | None = None  # the request body
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None  # the largest `max_tokens` the model accepts
+    max_audio_seconds: float | None = None  # one speech-recognition clip
+    stream_only: bool = False  # answers only streamed requests
 
 
 @runtime_checkable
@@ -103,9 +139,11 @@ class VisionProvider(Protocol):
         """Run one request.
 
         Raises:
-            RetryableError: rate limits (429), server errors (5xx), timeouts, dropped connections.
-            AuthError: the key was refused (401/403).
-            PermanentError: the request itself was refused (400, moderation, arrears).
+            RetryableError: rate limits (429), server errors (5xx), timeouts, dropped connections,
+                replies that cannot be read (an empty or truncated body, an HTML page).
+            AuthError: the key was refused (401).
+            PermanentError: the request itself was refused (400, moderation), or the account
+                cannot or may not pay for it (arrears, free quota only, a 403).
         """
         ...
 

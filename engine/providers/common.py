@@ -30,6 +30,48 @@ KEY_ENV = {
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 MODERATION_CODES = frozenset({"datainspectionfailed", "data_inspection_failed", "content_filter"})
+AUTH_CODES = frozenset({"InvalidApiKey", "invalid_api_key", "authentication_error"})
+
+# The key was accepted, but the account cannot make this call: telling the user to fix the key
+# would send them the wrong way. (message, hint) per code; DashScope's codes (error-code docs;
+# FreeTierOnly and Arrearage also seen in users' reports).
+ACCOUNT_CODES: dict[str, tuple[str, str]] = {
+    "AllocationQuota.FreeTierOnly": (
+        "the model's free quota is used up and the account is set to use free quota only",
+        "the key is fine: turn off 'use free quota only' for this model in the Model Studio console "
+        "(paid calls from then on), or choose a model with free quota left",
+    ),
+    "Arrearage": (
+        "the Alibaba Cloud account is in arrears (overdue payment)",
+        "the key is fine: top up the account in the Alibaba Cloud billing console; calls work again "
+        "once it is in good standing",
+    ),
+    "PrepaidBillOverdue": (
+        "a prepaid bill of the account is overdue",
+        "the key is fine: settle the bill in the Alibaba Cloud billing console",
+    ),
+    "PostpaidBillOverdue": (
+        "a postpaid bill of the account is overdue",
+        "the key is fine: settle the bill in the Alibaba Cloud billing console",
+    ),
+    "AccessDenied.Unpurchased": (
+        "the account has not activated this model (or Model Studio)",
+        "the key is fine: activate Model Studio and the model in the console of the key's region",
+    ),
+    "CommodityNotPurchased": (
+        "the account has not activated this model (or Model Studio)",
+        "the key is fine: activate Model Studio and the model in the console of the key's region",
+    ),
+    "Model.AccessDenied": (
+        "the key's workspace may not use this model",
+        "the key is fine: grant its workspace access to the model in the Model Studio console, or "
+        "choose another model",
+    ),
+    "Workspace.AccessDenied": (
+        "the key may not use this workspace",
+        "the key is fine: use a key of the workspace, or fix providers.dashscope.workspace",
+    ),
+}
 
 
 def auth_message(provider: str) -> tuple[str, str]:
@@ -77,21 +119,36 @@ def classify(
     request_id: str = "",
     retry_after: float | None = None,
     secret: str | None = None,
+    key_hint: str = "",
 ) -> ProviderError:
-    """The error to raise for a failed call, by HTTP status and the provider's own code."""
+    """The error to raise for a failed call, by HTTP status and the provider's own code.
+
+    `key_hint`: added to the hint of a refused key (e.g. which console the endpoint's keys come from).
+    """
     code = code or ""
     message = scrub(message or "", secret)
     common: dict[str, Any] = {"provider": provider, "code": code, "status": status, "request_id": request_id}
-    if status in (401, 403) or code in ("InvalidApiKey", "invalid_api_key", "authentication_error"):
+    short = message[:300] if message else "no message"
+    if code in ACCOUNT_CODES:
+        text, hint = ACCOUNT_CODES[code]
+        return PermanentError(f"{provider}: {text} ({code})", hint=hint, **common)
+    if status == 401 or code in AUTH_CODES:
         text, hint = auth_message(provider)
-        return AuthError(text, hint=hint, **common)
+        return AuthError(text, hint=f"{hint}; {key_hint}" if key_hint else hint, **common)
+    if status == 403:
+        # a 403 is the account or the workspace saying no, not a wrong key (that is a 401)
+        return PermanentError(
+            f"{provider} denied access (HTTP 403, {code or 'no code'}): {short}",
+            hint="the key was accepted but may not make this call: check the model's availability "
+            "in the key's region and workspace, and the account's status in the console",
+            **common,
+        )
     if code.lower() in MODERATION_CODES:
         return PermanentError(
             f"{provider} content moderation refused the input or the output ({code})",
             hint="the prompt, an image or a frame was flagged; change the input, retrying will not help",
             **common,
         )
-    short = message[:300] if message else "no message"
     if (
         status in RETRYABLE_STATUS
         or (status is not None and status >= 500)

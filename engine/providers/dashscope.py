@@ -6,7 +6,9 @@ Transport failures (aiohttp / requests exceptions, timeouts) are wrapped at the 
 
 `dashscope.base_http_api_url` is module-global and read when each request is built. We set it
 right before each SDK coroutine starts: the URL is captured synchronously, before the first
-suspension, so providers with different base URLs in one event loop do not race.
+suspension, so providers with different base URLs in one event loop do not race. Which URL (the
+key's region) and what a reply must look like are in `dashscope_wire.py`; what each model accepts
+in `dashscope_models.py`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast, get_args
 
 import aiohttp
 import dashscope
@@ -30,27 +32,19 @@ from yarl import URL
 from dropflow.daemon.core.config import ProviderSettings
 from dropflow.engine.errors import AuthError, InputError, PermanentError, RetryableError
 from dropflow.engine.providers.base import (
-    AudioPart,
-    ImagePart,
     RateLimiter,
-    TextPart,
-    Usage,
+    TaskStatus,
     VideoGenRequest,
-    VideoPart,
     VideoTask,
-    VisionRequest,
-    VisionResult,
 )
 from dropflow.engine.providers.common import (
     classify,
-    data_url,
-    image_url,
     require_key,
     retry_after,
     transport_error,
 )
+from dropflow.engine.providers.dashscope_wire import MalformedReply, base_url, check_reply, region_hint
 
-DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
 PROVIDER = "dashscope"
 _TRANSPORT_ERRORS = (aiohttp.ClientError, requests.RequestException, TimeoutError, ConnectionError)
 
@@ -96,7 +90,8 @@ class _DashScopeClient:
 
     def __init__(self, settings: ProviderSettings) -> None:
         self._key = require_key(PROVIDER, settings)
-        self._base_url = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
+        self._base_url = base_url(settings)
+        self._workspace: str | None = getattr(settings, "workspace", None)
         self._timeout = settings.timeout_seconds
         self._limiter = RateLimiter(settings.requests_per_minute, settings.concurrency)
         self._proxy, self._proxy_auth = _env_proxy(self._base_url)
@@ -111,7 +106,7 @@ class _DashScopeClient:
             connector=aiohttp.TCPConnector(ssl=get_ssl_context(), force_close=create),
             proxy=self._proxy,
             proxy_auth=self._proxy_auth,
-            middlewares=(_no_silent_resend,) if create else (),
+            middlewares=(_no_silent_resend,) if create else (check_reply,),
         )
         self._sessions[create] = (session, loop)
         return session
@@ -131,15 +126,21 @@ class _DashScopeClient:
             request_id=str(response.request_id or ""),
             retry_after=retry_after(response.headers),
             secret=self._key,
+            key_hint=region_hint(self._base_url),
         )
 
     async def _guarded(self, coro_fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run one SDK coroutine under the rate limiter and the timeout, wrapping transport errors."""
+        """Run one SDK coroutine under the rate limiter and the timeout, wrapping transport errors
+        and replies the SDK cannot read (`MalformedReply`, from our sessions)."""
+        if self._workspace:
+            kwargs.setdefault("workspace", self._workspace)
         async with self._limiter:
             try:
                 async with asyncio.timeout(self._timeout):
                     self._point_sdk()
                     return await coro_fn(*args, api_key=self._key, **kwargs)
+            except MalformedReply as exc:
+                raise _malformed(exc) from exc
             except _TRANSPORT_ERRORS as exc:
                 raise transport_error(PROVIDER, exc) from exc
 
@@ -155,111 +156,14 @@ class _DashScopeClient:
             await close_shared_aio_session()
 
 
-def _usage(raw: Any) -> Usage:
-    u = dict(raw or {})
-    details = dict(u.get("input_tokens_details") or {})
-    return Usage(
-        input_tokens=int(u.get("input_tokens") or 0),
-        output_tokens=int(u.get("output_tokens") or 0),
-        image_tokens=int(u.get("image_tokens") or details.get("image_tokens") or 0),
-        video_tokens=int(u.get("video_tokens") or details.get("video_tokens") or 0),
+def _malformed(exc: MalformedReply) -> RetryableError:
+    return RetryableError(
+        f"{PROVIDER} sent a reply that cannot be read: {exc.problem} (HTTP {exc.status})",
+        hint="a garbled answer (proxy, gateway or service trouble); retried automatically",
+        provider=PROVIDER,
+        code="MalformedResponse",
+        status=exc.status,
     )
-
-
-def _looks_multimodal(model: str) -> bool:
-    m = model.lower()
-    return any(tag in m for tag in ("-vl", "vl-", "qvq", "omni"))
-
-
-class DashScopeVision(_DashScopeClient):
-    """Qwen-VL through `AioMultiModalConversation`; text-only turns through `AioGeneration`."""
-
-    name: ClassVar[str] = PROVIDER
-    offline: ClassVar[bool] = False
-
-    def __init__(self, settings: ProviderSettings, *, text_model: str = "qwen-plus") -> None:
-        """Raises AuthError when no key is configured."""
-        super().__init__(settings)
-        self.text_model = text_model
-
-    @staticmethod
-    def messages(request: VisionRequest) -> list[dict[str, Any]]:
-        """The native message list: frames as ``{"video": [data URLs], "fps": f}``, images as data URLs."""
-        content: list[dict[str, Any]] = []
-        for part in request.parts:
-            if isinstance(part, TextPart):
-                content.append({"text": part.text})
-            elif isinstance(part, ImagePart):
-                content.append({"image": image_url(part)})
-            elif isinstance(part, VideoPart):
-                content.append({"video": [data_url(f) for f in part.frames], "fps": part.fps})
-            elif isinstance(part, AudioPart):  # speech recognition (qwen3-asr-flash) and audio models
-                content.append({"audio": data_url(part.data, part.mime)})
-        out: list[dict[str, Any]] = []
-        if request.system:
-            out.append({"role": "system", "content": [{"text": request.system}]})
-        out.append({"role": "user", "content": content})
-        return out
-
-    async def generate(self, request: VisionRequest) -> VisionResult:
-        """Raises RetryableError, AuthError, PermanentError (see `VisionProvider`)."""
-        params: dict[str, Any] = {
-            "temperature": request.temperature,
-            "max_tokens": request.max_tokens,
-            "request_timeout": self._timeout,
-            **request.extra,
-        }
-        if request.json_mode:
-            params["response_format"] = {"type": "json_object"}
-        text_only = all(isinstance(p, TextPart) for p in request.parts)
-        if text_only:
-            model = request.model if not _looks_multimodal(request.model) else self.text_model
-            messages: list[dict[str, Any]] = []
-            if request.system:
-                messages.append({"role": "system", "content": request.system})
-            texts = [p.text for p in request.parts if isinstance(p, TextPart)]
-            messages.append({"role": "user", "content": "\n\n".join(texts)})
-            response = await self._guarded(
-                dashscope.AioGeneration.call,
-                model=model,
-                messages=messages,
-                result_format="message",
-                session=self._session(),
-                **params,
-            )
-        else:
-            model = request.model
-            response = await self._guarded(
-                dashscope.AioMultiModalConversation.call,
-                model=model,
-                messages=self.messages(request),
-                session=self._session(),
-                **params,
-            )
-        self._check(response)
-        try:
-            choice = response.output["choices"][0]
-            content = choice["message"]["content"]
-            if isinstance(content, list):
-                text = "".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
-            else:
-                text = str(content)
-            finish = str(choice.get("finish_reason") or "")
-        except (KeyError, IndexError, TypeError) as exc:
-            raise RetryableError(
-                f"{PROVIDER} returned an answer without choices",
-                provider=PROVIDER,
-                code="MalformedResponse",
-                request_id=str(response.request_id or ""),
-            ) from exc
-        return VisionResult(
-            text=text,
-            model=model,
-            provider=PROVIDER,
-            usage=_usage(response.usage),
-            request_id=str(response.request_id or ""),
-            finish_reason=finish,
-        )
 
 
 def _is_local(ref: str) -> bool:
@@ -323,7 +227,7 @@ class DashScopeVideoGen(_DashScopeClient):
             }.items()
             if v is not None
         }
-        response = await self._guarded(
+        response = await self._video_call(
             AioVideoSynthesis.async_call,
             model=request.model,
             prompt=request.prompt,
@@ -332,17 +236,38 @@ class DashScopeVideoGen(_DashScopeClient):
             **params,
         )
         self._check(response)
-        return self._task(response)
+        # a reply without a task id is the engine's to judge: the task may exist (see video-gen `submit`)
+        return self._task(response, expected=None)
 
     async def fetch(self, task_id: str) -> VideoTask:
-        """Raises RetryableError, AuthError, PermanentError."""
-        response = await self._guarded(AioVideoSynthesis.fetch, task_id)
+        """Raises RetryableError (also for a reply that is not a task status: an empty, truncated or
+        HTML 200, a status without its task id, a SUCCEEDED without its video URL), AuthError,
+        PermanentError."""
+        response = await self._video_call(AioVideoSynthesis.fetch, task_id)
         self._check(response)
-        return self._task(response)
+        return self._task(response, expected=task_id)
+
+    async def _video_call(self, coro_fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`_guarded`, with a 200 reply the SDK cannot parse reported as a retryable MalformedResponse.
+
+        The SDK decodes a 200 body as JSON and builds its objects from it without checks: an empty
+        body raises TypeError, a truncated one JSONDecodeError, an output without `task_id` TypeError.
+        No status is set, so a create call answered this way counts as "may have created a task".
+        """
+        try:
+            return await self._guarded(coro_fn, *args, **kwargs)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise RetryableError(
+                f"{PROVIDER} answered with a reply that is not a task ({type(exc).__name__}: "
+                f"{str(exc)[:120]})",
+                hint="a garbled answer (proxy, gateway or service trouble); retried automatically",
+                provider=PROVIDER,
+                code="MalformedResponse",
+            ) from exc
 
     async def cancel(self, task_id: str) -> bool:
         """True when the task was PENDING and is now cancelled; False when it can no longer be."""
-        response = await self._guarded(AioVideoSynthesis.cancel, task_id)
+        response = await self._video_call(AioVideoSynthesis.cancel, task_id)
         try:
             self._check(response)
         except AuthError:
@@ -352,11 +277,32 @@ class DashScopeVideoGen(_DashScopeClient):
         return True
 
     @staticmethod
-    def _task(response: Any) -> VideoTask:
+    def _task(response: Any, *, expected: str | None) -> VideoTask:
+        """Our task from the SDK's response; `expected`: the id polled, which the reply must name.
+
+        Raises RetryableError (MalformedResponse) for a poll reply that is not a status of that task:
+        taking it at its word (no status = UNKNOWN) would fail the job and pay for the video twice.
+        """
         out = dict(response.output or {})
+        status = str(out.get("task_status") or "")
+        problem = ""
+        if expected is not None and str(out.get("task_id") or "") != expected:
+            problem = f"a reply about task {out.get('task_id')!r}"
+        elif expected is not None and status not in _TASK_STATUSES:
+            problem = f"task status {status or 'missing'}"
+        elif status == "SUCCEEDED" and not out.get("video_url"):
+            problem = "SUCCEEDED without a video_url"
+        if problem:
+            raise RetryableError(
+                f"{PROVIDER} answered the status check of task {expected} with {problem}",
+                hint="retried automatically; the task is kept",
+                provider=PROVIDER,
+                code="MalformedResponse",
+                request_id=str(response.request_id or ""),
+            )
         return VideoTask(
             task_id=str(out.get("task_id", "")),
-            status=out.get("task_status", "UNKNOWN"),
+            status=cast("TaskStatus", status if status in _TASK_STATUSES else "UNKNOWN"),
             video_url=out.get("video_url") or None,
             code=str(out.get("code") or ""),
             message=str(out.get("message") or ""),
@@ -365,6 +311,32 @@ class DashScopeVideoGen(_DashScopeClient):
             submit_time=str(out.get("submit_time") or ""),
             scheduled_time=str(out.get("scheduled_time") or ""),
             end_time=str(out.get("end_time") or ""),
-            usage=dict(response.usage or {}),
+            usage=_video_usage(response.usage),
             request_id=str(response.request_id or ""),
         )
+
+
+_TASK_STATUSES = frozenset(get_args(TaskStatus))
+
+
+def _video_usage(raw: Any) -> dict[str, Any]:
+    """The task's usage as the service sent it. The SDK's `VideoSynthesisUsage` fills in
+    `video_count=1, video_duration=0, video_ratio=""` for keys a reply lacks (wan2.5+ reports
+    `duration`, `SR`, `output_video_duration` ... instead): a filled-in zero is dropped, never
+    recorded as a free video."""
+    usage = dict(raw or {})
+    if not usage.get("video_duration"):
+        usage.pop("video_duration", None)
+    if not usage.get("video_ratio"):
+        usage.pop("video_ratio", None)
+    return usage
+
+
+def __getattr__(name: str) -> Any:
+    # the vision provider lives in dashscope_vision.py, which builds on `_DashScopeClient` here;
+    # imported on first use (an import at the top would be circular)
+    if name == "DashScopeVision":
+        from dropflow.engine.providers.dashscope_vision import DashScopeVision
+
+        return DashScopeVision
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -76,7 +76,9 @@ class JobFile(BaseModel):
         None, description="First frame: a path (relative to the job file) or an http(s)/oss URL."
     )
     model: str | None = Field(None, description="A wan model; the route's t2v / i2v model when empty.")
-    size: Size = Field(None, description="Text-to-video size, WIDTH*HEIGHT, e.g. 1280*720.")
+    size: Size = Field(
+        None, description="Text-to-video size, WIDTH*HEIGHT, e.g. 832*480 (one the model makes)."
+    )
     resolution: Resolution = Field(None, description="Image-to-video resolution: 480P, 720P, 1080P.")
     duration: int | None = Field(None, ge=1, le=60, description="Seconds of video.")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Fixed seed for repeatable output.")

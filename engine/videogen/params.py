@@ -15,10 +15,18 @@ class VideoGenParams(Params):
 
     model: str = Field("wan2.2-t2v-plus", description="Text-to-video model.")
     i2v_model: str = Field("wan2.2-i2v-plus", description="Image-to-video model.")
-    size: Size = Field(None, description="Text-to-video size WIDTH*HEIGHT; the model's default if empty.")
-    resolution: Resolution = Field(None, description="Image-to-video resolution (480P/720P/1080P).")
+    size: Size = Field(
+        None,
+        description="Text-to-video size WIDTH*HEIGHT, one the model makes; empty: the model's lowest "
+        "tier (832*480), sent explicitly (the service's own default is its most expensive).",
+    )
+    resolution: Resolution = Field(
+        None,
+        description="Image-to-video resolution (480P/720P/1080P), one the model makes; empty: the "
+        "model's lowest, sent explicitly.",
+    )
     duration: int | None = Field(
-        None, ge=1, le=60, description="Seconds of video; the model's default if empty."
+        None, ge=1, le=60, description="Seconds of video, as the model allows; the model's default if empty."
     )
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Fixed seed; random if empty.")
     prompt_extend: bool | None = Field(

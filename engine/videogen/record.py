@@ -4,6 +4,7 @@ of it, and when; the job's result."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from dropflow.engine import files
 from dropflow.engine.base import Done
+from dropflow.engine.videogen.image import job_image_dir
 
 if TYPE_CHECKING:
     from dropflow.engine.videogen.run import Run
@@ -34,7 +36,11 @@ def _image_label(image: str | None) -> str | None:
 async def finish(run: Run, video: Path, task: dict[str, Any]) -> Done:
     """Write `<name>.json` beside the video; the job's result."""
     request = run.cp.get("request") or {}
+    spec = run.cp.get("spec") or {}
+    image = run.cp.get("image") or {}
     size = (await asyncio.to_thread(video.stat)).st_size
+    usage = run.usage(task.get("usage")) or {}
+    sent = request.get("prompt", "")
     record = {
         "video": video.name,
         "bytes": size,
@@ -44,13 +50,14 @@ async def finish(run: Run, video: Path, task: dict[str, Any]) -> Done:
         "model": run.cp.get("model"),
         "kind": {"t2v": "text-to-video", "i2v": "image-to-video"}.get(str(run.cp.get("kind")), None),
         "inputs": [Path(p).name for p in run.job.input_paths],
-        "prompt": request.get("prompt", ""),
-        "orig_prompt": task.get("orig_prompt") or request.get("prompt", ""),
-        "actual_prompt": task.get("actual_prompt") or "",
+        "prompt": spec.get("prompt", sent),  # as written
+        "orig_prompt": task.get("orig_prompt") or sent,  # as sent (cut to what the model reads)
+        # what the video was made from: the provider's rewrite (prompt_extend), else the text sent
+        "actual_prompt": task.get("actual_prompt") or sent,
         "negative_prompt": request.get("negative_prompt", ""),
-        "image": _image_label(request.get("image")),
+        "image": _image_label(image.get("source") or request.get("image")),
         "params": {k: request.get(k) for k in ("size", "resolution", "duration", "seed", "prompt_extend")},
-        "usage": task.get("usage") or {},
+        "usage": {k: v for k, v in usage.items() if k != "offline"},
         "times": {
             "submitted": iso(run.cp.get("submitted_at")),
             "provider_submit_time": task.get("submit_time") or None,
@@ -64,7 +71,18 @@ async def finish(run: Run, video: Path, task: dict[str, Any]) -> Done:
     }
     if run.cp.get("job_file"):
         record["job_file"] = run.cp["job_file"]
+    if run.cp.get("trimmed"):
+        record["prompt_truncated"] = run.cp["trimmed"]
+    if image:
+        record["image_sent"] = {
+            "width": image.get("width"),
+            "height": image.get("height"),
+            "bytes": image.get("bytes"),
+            "resized_from": "{}x{}".format(*image["original"]) if image.get("reencoded") else None,
+        }
     meta = await asyncio.to_thread(files.write_json, video.with_suffix(".json"), record)
-    usage = {**(task.get("usage") or {}), "offline": record["offline"]}
+    usage = {**usage, "offline": record["offline"]}
+    # the job's copy of its first frame is not needed any more (a failed job keeps it for a retry)
+    await asyncio.to_thread(shutil.rmtree, job_image_dir(run.ctx.state_dir, run.job.id), True)
     label = " (offline placeholder)" if record["offline"] else ""
     return Done([video, meta], usage=usage, message=f"succeeded: {video.name} ({_size(size)}){label}")

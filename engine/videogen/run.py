@@ -3,11 +3,13 @@ asynchronous remote tasks (DashScope wan models, or the offline stand-in).
 
 One job follows one remote task across several short runs; between runs it waits without a worker:
 
-    run 1   read the unit, take a task slot, prepare (upload the image), write a "submitting"
-            marker, create the task, save its id (durable)              -> Wait(first delay)
+    run 1   read the unit (once: kept for later submissions) and check it against its model
+            (`plan.py`), take a task slot, prepare (the first frame made fit, then uploaded),
+            write a "submitting" marker, create the task, save its id (durable)  -> Wait(first delay)
     run n   fetch the task: PENDING / RUNNING                            -> Wait(growing delay)
                             FAILED / UNKNOWN / CANCELED                  -> fail with the reason
-    run m   SUCCEEDED: download (temp name, size checks, retries), then <name>.mp4 + <name>.json
+    run m   SUCCEEDED: download (temp name, size checks, retries), then <name>.mp4 + <name>.json;
+            whatever fails after SUCCEEDED is tried again while the task lasts (`deliver.py`)
 
 Never paid twice. The task id is committed before the job waits on it, so a restart resumes
 polling the same task. The one window left is a crash after the provider accepted the create call
@@ -22,7 +24,6 @@ is made to guess which listed task is ours.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import math
@@ -31,24 +32,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dropflow.daemon.core.jobs import Job
-from dropflow.engine.base import Done, JobContext, Result, Wait
+from dropflow.engine.base import JobContext, Result, Wait
 from dropflow.engine.errors import DropflowError, JobCancelled, PermanentError, RetryableError
-from dropflow.engine.providers.base import VideoGenProvider
-from dropflow.engine.videogen.download import (
-    URL_MARGIN,
-    DownloadFailed,
-    VideoTooLarge,
-    download_with_retries,
-    url_expires_at,
-)
+from dropflow.engine.providers.base import VideoGenProvider, VideoGenRequest
+from dropflow.engine.videogen.deliver import TASK_VALIDITY, deliver
 from dropflow.engine.videogen.params import VideoGenParams
-from dropflow.engine.videogen.record import finish
 from dropflow.engine.videogen.submit import submit
+from dropflow.engine.videogen.usage import paid_usage
 
 if TYPE_CHECKING:
     from dropflow.engine.videogen.engine import VideoGenEngine
-
-TASK_VALIDITY = 24 * 3600.0  # DashScope forgets a task id (and its video URL) after a day
 
 
 def _clock(seconds: float) -> str:
@@ -92,6 +85,16 @@ class Run:
     async def save(self, *, remote_task_id: str | None = None) -> None:
         await self.ctx.save(self.cp, remote_task_id=remote_task_id)
 
+    def usage(self, reported: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The job's usage keys (see `usage.py`): what the task is billed for, from the provider's
+        `reported` usage when there is one, else from what was asked."""
+        asked = self.cp.get("request")
+        if not isinstance(asked, dict):
+            return None
+        usage = paid_usage(reported, VideoGenRequest(**asked))
+        usage["offline"] = bool(self.cp.get("offline", self.provider.offline))
+        return usage
+
     async def note(self, message: str) -> None:
         """An event in the job's history (`dropflow job N`), when the store is at hand."""
         store = self.ctx.tasks
@@ -112,7 +115,7 @@ class Run:
                 raise await self.cancel()
             if waiting is not None:
                 return waiting
-        return await self.download()
+        return await deliver(self)
 
     # --- following the task ------------------------------------------------------------------
 
@@ -157,7 +160,7 @@ class Run:
             self.cp["polls"] = int(self.cp.get("polls", 0)) + 1
             await self.save()
             message = f"task {task_id}: status check failed ({exc.message}); trying again"
-            return Wait(self.next_delay(), message)
+            return Wait(self.next_delay(), message, usage=self.usage())
         self.cp["poll_errors"] = 0
         previous = self.cp.get("status")
         if task.status != previous:
@@ -205,7 +208,7 @@ class Run:
             fraction = 0.1
         message = f"task {task_id} {task.status} ({_clock(elapsed)})"
         await self.ctx.progress(fraction, message)
-        return Wait(self.next_delay(), message)
+        return Wait(self.next_delay(), message, usage=self.usage())
 
     def past_deadline(self) -> bool:
         return time.time() - float(self.cp["deadline_from"]) > self.p.deadline_minutes * 60
@@ -238,79 +241,6 @@ class Run:
             provider=self.provider.name,
             code="DeadlineExceeded",
         )
-
-    # --- downloading -------------------------------------------------------------------------
-
-    async def download(self) -> Done:
-        task = dict(self.cp["task"])
-        url = task.get("video_url") or ""
-        expires = url_expires_at(url) if url else None
-        if (
-            not url
-            or self.cp.get("refresh_url")
-            or (expires is not None and expires < time.time() + URL_MARGIN)
-        ):
-            task = await self.refresh_url()
-            url = task["video_url"]
-        dest = await self.engine.output_path(self)
-        if not dest.exists():  # already there: an earlier run renamed it in before stopping
-            message = f"downloading: task {self.task_id} SUCCEEDED"
-            await self.ctx.progress(0.9, message)
-            try:
-                await asyncio.to_thread(
-                    download_with_retries,
-                    url,
-                    dest,
-                    max_bytes=int(self.p.max_download_mb * 1024 * 1024),
-                    retries=self.p.download_retries,
-                    stop=lambda: self.ctx.cancelled,
-                )
-            except JobCancelled:
-                if self.ctx.cancel_reason == "cancel":
-                    raise await self.cancel() from None
-                raise
-            except VideoTooLarge as exc:
-                raise PermanentError(
-                    f"{self.name}: the video of task {self.task_id} is {exc}, over max_download_mb "
-                    f"({self.p.max_download_mb:g} MB)",
-                    hint=f"raise params.max_download_mb, then `dropflow retry {self.job.id}` "
-                    "(the same task's video is downloaded; no new task is made)",
-                    provider=self.provider.name,
-                    code="VideoTooLarge",
-                ) from exc
-            except DownloadFailed as exc:
-                self.cp["download_failures"] = int(self.cp.get("download_failures", 0)) + 1
-                self.cp["refresh_url"] = exc.expired
-                await self.save()
-                await self.note(f"download of task {self.task_id} failed: {exc.reason}")
-                raise RetryableError(
-                    f"{self.name}: the download of task {self.task_id}'s video failed: {exc.reason}",
-                    hint="retried automatically; the task id is kept, nothing is submitted again",
-                    provider=self.provider.name,
-                    code="DownloadFailed",
-                ) from exc
-        return await finish(self, dest, task)
-
-    async def refresh_url(self) -> dict[str, Any]:
-        """A fresh signed URL from the task (the old one expired or was refused)."""
-        age = time.time() - float(self.cp["submitted_at"])
-        fresh = None if age >= TASK_VALIDITY else await self.provider.fetch(self.task_id)
-        if fresh is None or fresh.status != "SUCCEEDED" or not fresh.video_url:
-            task_id = self.task_id
-            await self.retire("EXPIRED" if fresh is None else fresh.status)
-            why = f"{_clock(age)} after submission" if fresh is None else f"the task is now {fresh.status}"
-            raise PermanentError(
-                f"{self.name}: the video of task {task_id} was never downloaded and can no longer be "
-                f"fetched ({why}; the provider keeps tasks and their URLs for 24 h)",
-                hint=f"`dropflow retry {self.job.id}` makes it again (a new task, billed again)",
-                provider=self.provider.name,
-                code="VideoExpired",
-            )
-        task = {**self.cp["task"], "video_url": fresh.video_url}
-        self.cp["task"] = task
-        self.cp["refresh_url"] = False
-        await self.save()
-        return task
 
     # --- cancelling ----------------------------------------------------------------------------
 

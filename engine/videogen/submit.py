@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import random
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dropflow.engine.base import Result, Wait
@@ -23,8 +22,7 @@ from dropflow.engine.errors import (
     RetryableError,
 )
 from dropflow.engine.providers.base import VideoGenRequest, VideoTask
-from dropflow.engine.videogen.job import read_spec
-from dropflow.engine.videogen.params import build_request
+from dropflow.engine.videogen.plan import make_plan
 from dropflow.engine.videogen.record import iso
 
 if TYPE_CHECKING:
@@ -40,6 +38,8 @@ def _never_created(exc: DropflowError) -> bool:
         return True
     if not isinstance(exc, ProviderError):
         return False
+    if exc.code == "MalformedResponse":
+        return False  # answered, but garbled: a 200 that may carry a task id we could not read
     if exc.status is not None:
         # a gateway's 502/504 may come back after the backend created the task
         return exc.status not in (502, 504)
@@ -54,9 +54,8 @@ async def submit(run: Run) -> Result:
     """
     if run.cp.get("phase") == "submitting" and not run.cp.get("resubmit_ok"):
         raise await unresolved(run, "the daemon stopped during the create call")
-    inputs = [Path(p) for p in run.job.input_paths]
-    spec = await asyncio.to_thread(read_spec, inputs, default_prompt=run.p.default_prompt)
-    request = build_request(spec, run.p)
+    plan = await make_plan(run)  # the unit as first read, checked; InputError before anything is paid
+    spec, request = plan.spec, plan.request
     gate = run.engine.gate(run.provider.name, request.model)
     wait = await gate.admit(run.ctx, run.job, run.p)
     if wait is not None:
@@ -65,6 +64,9 @@ async def submit(run: Run) -> Result:
         prepared = await run.provider.prepare(request)  # uploads; no task exists yet
         if run.ctx.cancelled:
             raise JobCancelled(f"{run.ctx.cancel_reason}ed before anything was submitted (nothing billed)")
+        if not run.cp.get("warned"):
+            for warning in plan.warnings:
+                await run.ctx.warn(f"{run.name}: {warning}")
         throttling = run.cp.get("throttled")
         run.cp = {
             "phase": "submitting",
@@ -74,7 +76,12 @@ async def submit(run: Run) -> Result:
             "model": request.model,
             "kind": spec.kind,
             "job_file": spec.job_file,
+            # kept for every later submission of this job: an edited file is another job's
+            "spec": dataclasses.asdict(spec),
+            "image": plan.image.as_dict() if plan.image else None,
             "request": dataclasses.asdict(request),
+            "trimmed": [dataclasses.asdict(c) for c in plan.cuts],
+            "warned": True,
             "retired": run.cp.get("retired", []),
             "resubmit_ok": run.cp.get("resubmit_ok", False),
         }
@@ -91,9 +98,17 @@ async def submit(run: Run) -> Result:
         gate.release(run.job.id, created=run.cp.get("phase") == "remote")
     if run.ctx.cancel_reason == "cancel":
         raise await run.cancel()
-    message = f"submitted: task {task.task_id} ({request.model})"
+    message = f"submitted: task {task.task_id} ({request.model}, {_what(request)})"
     await run.ctx.progress(0.05, message)
-    return Wait(run.p.poll_first_seconds, message)
+    return Wait(run.p.poll_first_seconds, message, usage=run.usage())
+
+
+def _what(request: VideoGenRequest) -> str:
+    """`832*480, 5 s` / `480P`: what the task was asked to make (and is billed for)."""
+    parts = [request.size or request.resolution or "service default"]
+    if request.duration:
+        parts.append(f"{request.duration} s")
+    return ", ".join(parts)
 
 
 async def throttled(run: Run, exc: RetryableError) -> Wait:

@@ -10,7 +10,7 @@ from rich.text import Text
 from textual import work
 from textual.binding import Binding, BindingType
 from textual.widgets import Tree
-from textual.widgets.tree import TreeNode, UnknownNodeID
+from textual.widgets.tree import NodeID, TreeNode, UnknownNodeID
 
 from dropflow.tui import format as fmt
 from dropflow.tui.folders import list_folder, top_labels
@@ -69,7 +69,7 @@ class FolderTree(Tree[Path]):
         """Merge a fresh listing into the node: kept children keep their expansion and the cursor."""
         message.stop()
         try:
-            node = self.get_node_by_id(message.node_id)
+            node = self.get_node_by_id(NodeID(message.node_id))
         except UnknownNodeID:  # the branch went away while it was read
             return
         existing = {child.data: child for child in node.children if child.data is not None}
