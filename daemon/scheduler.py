@@ -4,6 +4,10 @@ At-least-once: a claimed job holds a lease that a heartbeat renews; after a cras
 (or another daemon) reclaims expired leases, so engines are idempotent (atomic outputs, saved
 remote task ids). Error kinds decide: retryable -> `waiting` with exponential backoff and jitter
 (at least the provider's retry-after), anything else -> `failed` at once.
+
+One module (about 430 lines): the claim loop, one job's run and the recording of its outcome
+share the table of running jobs and the wait-out-a-busy-store discipline; split, each part would
+reach into the others' state.
 """
 
 from __future__ import annotations

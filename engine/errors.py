@@ -7,7 +7,7 @@
      └── ProviderError            a remote (or offline) model call failed
           ├── RetryableError      429, 5xx, timeouts, dropped connections: back off and retry
           └── PermanentError      400 bad input, moderation, arrears: fail at once with the code
-               └── AuthError      401/403: the key is wrong or missing
+               └── AuthError      401 (or an invalid-key code): the key is wrong or missing
 
 The scheduler acts on `kind` only; engines and providers raise the most specific class and
 wrap third-party exceptions at the boundary with ``raise ... from exc``.
