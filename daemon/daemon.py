@@ -10,6 +10,7 @@ import asyncio
 import importlib
 import logging
 import signal
+import threading
 from pathlib import Path
 
 from dropflow.daemon import __version__
@@ -21,6 +22,7 @@ from dropflow.daemon.router import Router
 from dropflow.daemon.scheduler import Scheduler
 from dropflow.daemon.watcher import Watcher
 from dropflow.engine import files, registry
+from dropflow.engine.errors import DropflowError
 from dropflow.engine.providers import ProviderPool, resolve_default
 
 log = logging.getLogger("dropflow.daemon")
@@ -36,6 +38,37 @@ def _forget_folder(watcher: Watcher, input_path: str) -> None:
     path = Path(input_path)
     if path.is_dir():
         watcher.forget(path)
+
+
+def warm_clustering(cfg: Config) -> threading.Thread | None:
+    """Compile the clustering kernels in the background when a route clusters, so that the first
+    cluster job does not spend a minute in numba on a fresh install (later starts load them from
+    numba's disk cache in about a second).
+
+    A daemon thread: a numba compile cannot be interrupted, and a stop must not wait for it (the
+    process exits under it; numba writes its cache files atomically). The import of numba happens
+    in the thread too, never on the event loop. Returns the thread, or None when no route clusters.
+    """
+    if not any(route.engine == "cluster" for route in cfg.routes):
+        return None
+
+    def warm() -> None:
+        try:
+            from dropflow.engine.cluster import clustering
+
+            clustering.warm_up()
+        except DropflowError as exc:  # fast_hdbscan missing: the first cluster job says so
+            log.debug("clustering not warmed up: %s", exc)
+        except Exception:  # a failed warm-up costs the first job its minute, nothing more
+            log.warning(
+                "warming up the clustering failed; the first cluster job will compile it", exc_info=True
+            )
+        else:
+            log.debug("clustering kernels ready")
+
+    thread = threading.Thread(target=warm, name="dropflow-warm-clustering", daemon=True)
+    thread.start()
+    return thread
 
 
 class Daemon:
@@ -65,6 +98,7 @@ class Daemon:
             log.warning(announcement)
         else:
             log.info("default provider: %s", default)
+        warm_clustering(cfg)
         hub = ProviderPool(cfg.providers, state_dir=cfg.paths.state)
         if default == "dashscope":
             # the SDK takes about a second to import: not on the event loop at the first job

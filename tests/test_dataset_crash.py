@@ -178,7 +178,7 @@ def test_sigkill_mid_dataset_never_loses_or_duplicates_an_item(tmp_path: Path) -
     images = [r["images"][0] for r in train + val]
     assert len(images) == len(set(images)) == IMAGES, "exactly one row per image"
     assert {Path(p).stem for p in images} == hashes
-    assert all((dataset / p).is_file() for p in images)
+    assert all((dataset.parent / p).is_file() for p in images)
     metadata = (dataset / "imagefolder" / "train" / "metadata.jsonl").read_text().splitlines()
     assert len(metadata) == len(train)
     summary = json.loads((dataset / "summary.json").read_text())

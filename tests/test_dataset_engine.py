@@ -162,7 +162,7 @@ async def test_dropped_images_become_a_dataset_exactly_once(tmp_path: Path) -> N
         assert len(train) == 3 and len(recs) == 3
         for row in train:
             assert check_sharegpt(row) == []
-            assert (ds_dir(cfg, "cats") / row["images"][0]).is_file()
+            assert (ds_dir(cfg, "cats").parent / row["images"][0]).is_file()
             assert row[OFFLINE_MARKER] is True  # a placeholder row says so, for whoever trains on it
         for rec in recs:
             assert (
@@ -174,8 +174,8 @@ async def test_dropped_images_become_a_dataset_exactly_once(tmp_path: Path) -> N
         stored = {hashlib.sha256((ds_dir(cfg, "cats") / r["image"]).read_bytes()).hexdigest() for r in recs}
         assert stored == {hashlib.sha256(image_bytes(i)).hexdigest() for i in range(3)}  # copied as they were
         assert not any(s.exists() for s in srcs), "inputs are archived after success"
-        info = json.loads((ds_dir(cfg, "cats") / "dataset_info.json").read_text())
-        assert info["cats"]["file_name"] == "train.jsonl"
+        info = json.loads((ds_dir(cfg, "cats").parent / "dataset_info.json").read_text())
+        assert info["cats"]["file_name"] == "cats/train.jsonl"
         # the same content again, under another name: nothing is added, the copy is archived as a duplicate
         again = drop(cfg, "cats/copy-of-c0.jpg", image_bytes(0))
         await wait_for(lambda: _gone(again))
@@ -454,7 +454,7 @@ async def test_folder_settings_choose_provider_prompts_and_formats(
         "provider: openai\n"
         "params:\n"
         "  model: my-vlm\n  system_prompt_file: terse.txt\n  user_prompt: What colour is it?\n"
-        "  temperature: 0.7\n  max_tokens: 99\n  formats: [llava, openai]\n  system_in_records: false\n"
+        "  temperature: 0.7\n  max_tokens: 99\n  formats: [llava, openai]\n  record_system: You name colours.\n"
     )
     async with running_daemon(cfg) as d:
         drop(cfg, "tuned/x.jpg", image_bytes(14))
@@ -472,8 +472,11 @@ async def test_folder_settings_choose_provider_prompts_and_formats(
     assert req.json["messages"][0] == {"role": "system", "content": "Be terse."}
     [item] = json.loads((ds_dir(cfg, "tuned") / "llava_train.json").read_text())
     assert item["conversations"][0]["value"] == "<image>\nWhat colour is it?"
+    assert item["system"] == "You name colours."  # record_system, not the captioning prompt
     [orow] = rows(ds_dir(cfg, "tuned") / "openai_train.jsonl")
-    assert [m["role"] for m in orow["messages"]] == ["user", "assistant"]
+    assert orow["messages"][0] == {"role": "system", "content": "You name colours."}
+    [prow] = rows(ds_dir(cfg, "plain") / "train.jsonl")
+    assert [m["role"] for m in prow["messages"]] == ["user", "assistant"]  # no system turn by default
     assert not (ds_dir(cfg, "tuned") / "train.jsonl").exists()
     [plain] = records(cfg, "plain")
     assert plain["offline"] and plain["provider"] == "offline"
@@ -556,7 +559,8 @@ async def test_forced_submit_describes_again_and_replaces_the_record(
 
 
 async def test_rows_lean_on_one_guard_that_finishes_only_after_their_render(tmp_path: Path) -> None:
-    from dropflow.engine.dataset.folder import DatasetFolder, RenderCoalescer
+    from dropflow.engine.dataset.coalescer import RenderCoalescer
+    from dropflow.engine.dataset.folder import DatasetFolder
     from dropflow.engine.dataset.formats import RenderOptions
     from dropflow.engine.dataset.records import ItemRecord
 

@@ -27,7 +27,7 @@ from dropflow.engine.dataset.formats import (
     jsonl_line,
 )
 from dropflow.engine.dataset.params import DEFAULT_SYSTEM_PROMPT, DEFAULT_SYSTEM_PROMPT_FILE, DatasetParams
-from dropflow.engine.dataset.records import FailedItem, ItemRecord, split_of
+from dropflow.engine.dataset.records import FailedItem, ItemRecord
 from tests.conftest import REPO
 
 SYSTEM = "You describe images for training data."
@@ -146,16 +146,6 @@ def test_builtin_system_prompt_matches_the_shipped_prompt_file() -> None:
 # --- layout and split -------------------------------------------------------------------------------
 
 
-def test_split_is_a_stable_function_of_the_content_hash() -> None:
-    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(2000)]
-    val = [h for h in hashes if split_of(h, 0.2) == "validation"]
-    assert 300 < len(val) < 500  # about 20 %
-    assert all(split_of(h, 0.2) == "validation" for h in val)  # deterministic
-    assert all(split_of(h, 0.0) == "train" for h in hashes)
-    # growing the ratio only moves items into validation, never out of it
-    assert set(val) <= {h for h in hashes if split_of(h, 0.3) == "validation"}
-
-
 def test_jsonl_lines_never_break_on_unicode_line_separators() -> None:
     line = jsonl_line({"t": "a\nb\u2028c\u2029d"})
     assert line.count("\n") == 1 and len(line.splitlines()) == 1
@@ -164,7 +154,9 @@ def test_jsonl_lines_never_break_on_unicode_line_separators() -> None:
 
 def test_sharegpt_rows_meet_llamafactory_constraints(tmp_path: Path) -> None:
     folder = build(tmp_path, 12)
-    result = folder.render(["llamafactory"], RenderOptions("pets", folder.root, val_ratio=0.25))
+    result = folder.render(
+        ["llamafactory"], RenderOptions("pets", folder.root, val_ratio=0.25, system=SYSTEM)
+    )
     train = read_jsonl(folder.root / "train.jsonl")
     val = read_jsonl(folder.root / "val.jsonl")
     assert len(train) + len(val) == 12 and train and val
@@ -175,9 +167,11 @@ def test_sharegpt_rows_meet_llamafactory_constraints(tmp_path: Path) -> None:
         msgs = row["messages"]
         assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
         assert msgs[1]["content"].count("<image>") == 1
-        assert (folder.root / row["images"][0]).is_file()
-    info = json.loads((folder.root / "dataset_info.json").read_text())
-    assert info["pets"]["file_name"] == "train.jsonl" and info["pets_val"]["file_name"] == "val.jsonl"
+        assert (folder.root.parent / row["images"][0]).is_file()
+    info = json.loads((folder.root.parent / "dataset_info.json").read_text())
+    assert (
+        info["pets"]["file_name"] == "pets/train.jsonl" and info["pets_val"]["file_name"] == "pets/val.jsonl"
+    )
     for entry in info.values():
         assert entry["formatting"] == "sharegpt"
         assert entry["columns"] == {"messages": "messages", "images": "images"}
@@ -211,7 +205,7 @@ def test_val_file_and_entry_disappear_when_the_ratio_goes_back_to_zero(tmp_path:
     folder.render(["llamafactory"], RenderOptions("pets", folder.root, val_ratio=0.0))
     assert not (folder.root / "val.jsonl").exists()
     assert not (folder.root / "imagefolder" / "validation" / "metadata.jsonl").exists()
-    assert list(json.loads((folder.root / "dataset_info.json").read_text())) == ["pets"]
+    assert list(json.loads((folder.root.parent / "dataset_info.json").read_text())) == ["pets"]
     assert len(read_jsonl(folder.root / "train.jsonl")) == 10
     # imagefolder was rendered once, so it is kept up to date by later renders
     assert len(read_jsonl(folder.root / "imagefolder" / "train" / "metadata.jsonl")) == 10
@@ -220,17 +214,17 @@ def test_val_file_and_entry_disappear_when_the_ratio_goes_back_to_zero(tmp_path:
 
 def test_llava_swift_and_openai_files(tmp_path: Path) -> None:
     folder = build(tmp_path, 4, offline=False)
-    folder.render(["llava", "swift", "openai"], RenderOptions("pets", folder.root))
+    folder.render(["llava", "swift", "openai"], RenderOptions("pets", folder.root, system=SYSTEM))
     llava = json.loads((folder.root / "llava_train.json").read_text())
     assert isinstance(llava, list) and len(llava) == 4
     for item in llava:
-        assert isinstance(item["image"], str) and (folder.root / item["image"]).is_file()
+        assert isinstance(item["image"], str) and (folder.root.parent / item["image"]).is_file()
         human, gpt = item["conversations"]
         assert human["from"] == "human" and human["value"].startswith("<image>\n")
         assert gpt["from"] == "gpt" and "<image>" not in gpt["value"]
     for row in read_jsonl(folder.root / "swift_train.jsonl"):
-        path = Path(row["images"][0])
-        assert path.is_absolute() and path.is_file()
+        path = Path(row["images"][0])  # relative to the datasets root: survives a copy of it
+        assert not path.is_absolute() and (folder.root.parent / path).is_file()
         assert check_sharegpt(row) == []
     stored = {r.hash: (folder.root / r.image).read_bytes() for r in folder.records()}
     assert len(read_jsonl(folder.root / "openai_train.jsonl")) == 4
@@ -306,7 +300,7 @@ def test_hugging_face_datasets_loads_every_jsonl_and_the_imagefolder(
     folder = build(tmp_path, 8, offline=[i % 2 == 0 for i in range(8)])
     folder.render(
         ["llamafactory", "swift", "llava", "openai", "imagefolder"],
-        RenderOptions("pets", folder.root, val_ratio=0.25, offline_in_openai=True),
+        RenderOptions("pets", folder.root, val_ratio=0.25, offline_in_openai=True, system=SYSTEM),
     )
     cache = str(tmp_path / "hf-cache")
     answers = {r.hash[:16]: r.answer for r in folder.records()}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dropflow.daemon.core.jobs import JobStore, NewJob
 from dropflow.daemon.core.store import Store
+from dropflow.daemon.core.store.claims import claim_query
 from dropflow.daemon.core.store.migrations import MIGRATIONS
 
 
@@ -149,3 +150,16 @@ def test_store_implements_the_job_store_protocol() -> None:
         want = [(p.name, p.kind) for p in inspect.signature(fn).parameters.values()]
         got = [(p.name, p.kind) for p in inspect.signature(impl).parameters.values()]
         assert got == want, f"Store.{name}{inspect.signature(impl)} != JobStore.{name}{inspect.signature(fn)}"
+
+
+async def test_claim_walks_the_ready_index_without_sorting(tmp_path: Path) -> None:
+    """The claim's cost must not grow with the queue: it reads jobs_ready in order up to its LIMIT
+    (no full read of the queued rows, no temp B-tree sort), with and without excluded engines."""
+    async with Store.open(tmp_path / "s.db") as s:
+        await s.insert_jobs([NewJob("a", "r", f"/a{i}", f"a{i}", priority=i % 3) for i in range(50)])
+        for excluded in ([], ["b", "c"]):
+            sql, args = claim_query(time.time(), excluded, 20)
+            cur = await s.db.execute("EXPLAIN QUERY PLAN " + sql, args)
+            plan = [str(r[3]) for r in await cur.fetchall()]
+            assert any("jobs_ready" in step for step in plan), plan
+            assert not any("TEMP B-TREE" in step for step in plan), plan

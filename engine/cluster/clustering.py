@@ -41,6 +41,7 @@ The spanning tree is built in `mst`; condensing, selection and the rest are here
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -245,12 +246,28 @@ def _outermost(chosen: np.ndarray, up: np.ndarray) -> np.ndarray:
     return final
 
 
+_warm_lock = threading.Lock()
+_warmed = False
+
+
 def warm_up() -> None:
     """Load the numba kernels (from numba's disk cache; compiled there on first use ever).
+
+    Once per process: the daemon starts it at start-up and the cluster engine again at its first
+    job; that second call waits for the first (up to a minute of compiling on a fresh install)
+    instead of compiling beside it, and later calls return at once.
 
     Raises:
         ModelMissingError: fast_hdbscan (or threadpoolctl) is not installed.
     """
+    global _warmed
+    with _warm_lock:
+        if not _warmed:
+            _warm_up()
+            _warmed = True
+
+
+def _warm_up() -> None:
     from dropflow.engine.errors import ModelMissingError
 
     try:

@@ -58,7 +58,9 @@ def add_commands(sub: Any) -> None:
     s.add_argument(
         "--val-ratio", type=float, help="validation share, 0..0.5 (default: the dataset's current one)"
     )
-    s.add_argument("--no-system", action="store_true", help="leave the system prompt out of the rows")
+    s.add_argument(
+        "--no-system", action="store_true", help="leave the system turn (record_system) out of the rows"
+    )
     s.add_argument(
         "--include-offline",
         action="store_true",
@@ -191,12 +193,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not 0 <= val_ratio <= 0.5:
         print("--val-ratio must be between 0 and 0.5", file=sys.stderr)
         return EXIT_USAGE
-    include_system = not args.no_system and bool(previous.get("include_system", True))
+    system = None if args.no_system else previous.get("record_system")
     options = RenderOptions(
         name=folder.name,
         root=folder.root,
         val_ratio=val_ratio,
-        include_system=include_system,
+        system=system if isinstance(system, str) else None,
         offline_in_openai=args.include_offline,
     )
     formats = list(dict.fromkeys(args.formats))

@@ -1,7 +1,7 @@
 """The dataset engine: images dropped into inbox/dataset/<name>/ become a fine-tuning dataset.
 
 Each image is one job. The job asks the vision model to describe the image (system prompt from
-prompts/, user prompt from params), checks the answer, stores the image and one record keyed by
+prompts/, user prompt from params, or one of several chosen by the content hash: `prompts`), checks the answer, stores the image and one record keyed by
 the image's content hash in outputs/dataset/<name>/ (see `folder`), and has the dataset
 files re-rendered from all records. A ZIP dropped into a dataset folder is unpacked safely and
 each image in it is queued as a job of its own.
@@ -20,7 +20,7 @@ Exactly once, however often the daemon dies:
 The parts around the `DatasetEngine` class here: `params` (what a dataset is configured with),
 `images` (the image as sent and stored), `answers` (the checks an answer passes), `unzip` (the
 ZIP path), `records`, `formats` and `summary` (the files trainers read), `folder` (one dataset on
-disk and the coalescing of its renders).
+disk) and `coalescer` (the coalescing of its renders).
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dropflow.engine.base import Done, FileEngine, JobContext, Wait
+from dropflow.engine.dataset import prompts
 from dropflow.engine.dataset.answers import check_answer
-from dropflow.engine.dataset.folder import DEFAULT_DATASET, RENDER_WAIT, DatasetFolder, RenderCoalescer
+from dropflow.engine.dataset.coalescer import RENDER_WAIT, RenderCoalescer
+from dropflow.engine.dataset.folder import DEFAULT_DATASET, DatasetFolder
 from dropflow.engine.dataset.formats import RenderOptions
 from dropflow.engine.dataset.images import (
     MB,
@@ -43,13 +45,8 @@ from dropflow.engine.dataset.images import (
     PreparedImage,
     prepare_image,
 )
-from dropflow.engine.dataset.params import (
-    DEFAULT_MODELS,
-    DEFAULT_SYSTEM_PROMPT,
-    DEFAULT_SYSTEM_PROMPT_FILE,
-    DatasetParams,
-)
-from dropflow.engine.dataset.records import FailedItem, ItemRecord, has_placeholder
+from dropflow.engine.dataset.params import DEFAULT_MODELS, DatasetParams
+from dropflow.engine.dataset.records import FailedItem, ItemRecord
 from dropflow.engine.dataset.unzip import UNZIP_DIR, ZIP_SOURCE, drop_staged, source_name, unpack
 from dropflow.engine.errors import (
     ConfigError,
@@ -100,7 +97,7 @@ class DatasetEngine(FileEngine):
         folder = DatasetFolder(ctx.output_dir / (job.batch or DEFAULT_DATASET))
         coalescer = self.coalescer(folder)
         options = RenderOptions(
-            name=folder.name, root=folder.root, val_ratio=p.val_ratio, include_system=p.system_in_records
+            name=folder.name, root=folder.root, val_ratio=p.val_ratio, system=p.record_system
         )
         source = source_name(job, ctx.state_dir)
         # --force re-describes an item, but only once: after its record it behaves like any job
@@ -169,21 +166,22 @@ class DatasetEngine(FileEngine):
         limit = PROVIDER_IMAGE_LIMITS.get(provider.name, ImageLimit(2048, 10 * MB))
         try:
             # one trip to a worker thread for both: each trip queues behind the other jobs' file I/O
-            image, system = await asyncio.to_thread(
+            image, system, questions = await asyncio.to_thread(
                 lambda: (
                     prepare_image(
                         Path(job.input_path),
                         max_side=min(p.max_image_side, limit.max_side),
                         max_bytes=min(limit.max_bytes, STORE_MAX_BYTES),
                     ),
-                    self._system_prompt(ctx.prompts_dir, p),
+                    prompts.system_prompt(ctx.prompts_dir, p),
+                    prompts.user_prompts(ctx.prompts_dir, p),
                 )
             )
         except InputError as exc:
             if source != Path(job.input_path).name:  # name the ZIP the image came from
                 raise InputError(f"{source}: {exc.message}", hint=exc.hint) from exc
             raise
-        prompt = p.user_prompt
+        prompt = prompts.pick(questions, job.content_hash)
         if p.json_mode and "json" not in prompt.lower():
             # OpenAI's json_object mode refuses a request whose messages never say "JSON"
             prompt = f"{prompt}\n\n{JSON_INSTRUCTION}"
@@ -293,30 +291,6 @@ class DatasetEngine(FileEngine):
             provider=provider.name,
             code=last["reason"],
         )
-
-    @staticmethod
-    def _system_prompt(prompts_dir: Path, p: DatasetParams) -> str | None:
-        """Raises ConfigError when the named file is missing or holds a media placeholder."""
-        if not p.system_prompt_file:
-            return None
-        path = prompts_dir / p.system_prompt_file
-        try:
-            text = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            if p.system_prompt_file == DEFAULT_SYSTEM_PROMPT_FILE:
-                return DEFAULT_SYSTEM_PROMPT
-            raise ConfigError(
-                f"the system prompt file {path} does not exist",
-                hint=f"create it, or set params.system_prompt_file to a file in {prompts_dir}",
-            ) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="check its permissions") from exc
-        if has_placeholder(text):
-            raise ConfigError(
-                f"{path} contains <image>/<video>/<audio>",
-                hint="remove it: dropflow places the image token itself",
-            )
-        return text or None
 
     async def _failed(
         self,

@@ -1,11 +1,12 @@
-"""One dataset on disk: the item records it is made of, the files rendered from them, and the
-coalescing of those renders while items stream in (`RenderCoalescer`).
+"""One dataset on disk: the item records it is made of and the files rendered from them (the
+coalescing of those renders while items stream in is `coalescer.RenderCoalescer`).
 
     outputs/dataset/<name>/
       .records/<sha256>.json          one finished item (the source of truth), written atomically
       .records/failed/<sha256>.json   one item that failed for good, with the reason and its cost
       images/<ab>/<sha256>.jpg        the image as the model saw it
-      train.jsonl, dataset_info.json, ... , summary.json     rendered from the records
+      train.jsonl, val.jsonl, ... , summary.json     rendered from the records
+    outputs/dataset/dataset_info.json   LLaMA-Factory's entries of every dataset, merged (`info`)
 
 Why records plus re-rendering rather than appending to the JSONL: an item's record is keyed by
 its content hash, so it exists at most once whatever crashed when; every rendered file is
@@ -17,7 +18,7 @@ interrupted at any point is repaired by the next one.
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dropflow.engine import files
+from dropflow.engine.dataset import info, split
 from dropflow.engine.dataset.formats import (
     FORMAT_FILES,
     FORMAT_NAMES,
@@ -39,15 +41,10 @@ from dropflow.engine.dataset.formats import (
     RenderOptions,
     render,
 )
-from dropflow.engine.dataset.records import FailedItem, ItemRecord
+from dropflow.engine.dataset.records import FailedItem, ItemRecord, ordered
 from dropflow.engine.dataset.summary import carry_over, summarize
 
 log = logging.getLogger("dropflow.engine.dataset.folder")
-
-RENDER_MAX_DELAY = 1.0  # while items stream in, the files are rewritten at least this often
-RENDER_WAIT = 1.0  # a guard (see RenderCoalescer) comes back after this long
-GUARD_TTL = 5 * RENDER_WAIT  # a guard not back by then is presumed cancelled: rows find a new one
-GUARD_FORGET = 600.0  # seconds after which a guard that never came back is dropped from memory
 
 DEFAULT_DATASET = "default"  # the dataset of images dropped straight into inbox/dataset/
 RECORDS = ".records"
@@ -184,10 +181,21 @@ class DatasetFolder:
         failures = self.failures(exclude={r.hash for r in records})
         previous = self.summary() or {}
         wanted = [f for f in FORMAT_NAMES if f in set(formats) | set(self.kept_formats(previous))]
-        same_rows = float(previous.get("val_ratio", options.val_ratio)) == options.val_ratio and bool(
-            previous.get("include_system", options.include_system)
-        ) == bool(options.include_system)
+        same_rows = (
+            float(previous.get("val_ratio", options.val_ratio)) == options.val_ratio
+            and previous.get("record_system", options.system) == options.system
+        )
         todo = [f for f in wanted if f in formats] if only and same_rows else wanted
+        stored_ratio, known = split.load(self.root)
+        if stored_ratio != options.val_ratio:
+            known = {}  # another ratio: drawn again (items move once, on purpose)
+        order = [r.hash for r in ordered(records)]
+        assigned = split.assign(order, options.val_ratio, known)
+        keep = not only or stored_ratio in (None, options.val_ratio)
+        if keep and (assigned != known or stored_ratio != options.val_ratio):
+            # an export with another ratio is a one-off: the daemon's split stays as it was
+            split.save(self.root, options.val_ratio, assigned)
+        options = dataclasses.replace(options, splits=assigned)
         plans: list[Plan] = []
         for fmt in todo:
             plan = render(fmt, records, options)
@@ -214,10 +222,24 @@ class DatasetFolder:
             with files.atomic_writer(self.root / out.path, "w") as fh:
                 for chunk in out.chunks():
                     fh.write(chunk)
+        if plan.info is not None:
+            info.merge_info(self.root.parent / info.INFO_FILE, plan.info, plan.info_drop)
+            self._retire_legacy_info(plan.info_drop + list(plan.info))
         current = {f.path for f in plan.files}
         for stale in FORMAT_FILES[plan.format]:
             if stale not in current:
                 (self.root / stale).unlink(missing_ok=True)
+
+    def _retire_legacy_info(self, ours: Sequence[str]) -> None:
+        """Before issue 13, dataset_info.json sat in the dataset folder, with paths relative to it: our
+        entries there would now point at the wrong images. Drop them; keep the file if a user
+        added entries of their own."""
+        legacy = self.root / info.INFO_FILE
+        if not legacy.exists():
+            return
+        left = info.merge_info(legacy, {}, ours)
+        if not left:
+            legacy.unlink(missing_ok=True)
 
     def _sync_links(self, links: Sequence[ImageLink]) -> None:
         """Hard-link each image where the format wants it (a copy across filesystems); prune the rest."""
@@ -243,142 +265,6 @@ class DatasetFolder:
             for path in images.rglob("*"):
                 if path.is_file() and path.relative_to(self.root).as_posix() not in wanted:
                     path.unlink()  # moved to the other split (val_ratio changed)
-
-
-# --- coalesced renders -----------------------------------------------------------------------------
-
-
-class RenderCoalescer:
-    """Rewrites one dataset's files from its records: one render at a time, and not one per item.
-
-    A render starts at once when nothing else of the dataset is in flight in this daemon (the last
-    item of a batch, or a lone drop); otherwise within `max_delay`, or as soon as the items in
-    flight are done. Each render covers every record written before it started.
-
-    Why items need not wait for the render: the first item that finishes while a render is
-    pending becomes a *guard*: its job waits (`settle` says False) until a render that includes
-    every row that leaned on it is on disk. Items finishing meanwhile lean on it and finish at
-    once. A guard stops taking new rows when it comes back to check (the next item to finish
-    becomes the next guard), so no job waits longer than about one render. If the daemon dies,
-    the guard is still unfinished in the store, runs again on the next start, and its render
-    writes every row: all jobs of a dataset finished means all their rows are in the files.
-    """
-
-    def __init__(self, folder: DatasetFolder, *, max_delay: float = RENDER_MAX_DELAY) -> None:
-        self.folder = folder
-        self.max_delay = max_delay
-        self.cache = RecordCache()
-        self.covered: dict[str, float] = {}
-        self.renders = 0
-        self.write_seq = 0  # records written by this daemon so far
-        self.rendered_seq = 0  # write_seq when the last finished render started
-        self._guards: dict[int, tuple[int, float]] = {}  # job id -> (write_seq it waits for, since)
-        self._open_guard: int | None = None  # the guard that finishing items may lean on
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._lock = asyncio.Lock()
-        self._dirty = False
-        self._task: asyncio.Task[None] | None = None
-        self._formats: list[FormatName] = ["llamafactory"]
-        self._options = RenderOptions(name=folder.name, root=folder.root)
-
-    def begin(self) -> None:
-        """An item of this dataset started working towards a record."""
-        self._in_flight += 1
-        self._idle.clear()
-
-    def end(self, *, wrote: bool) -> None:
-        """That item is done; `wrote`: its record is on disk (renders from now on include it)."""
-        if wrote:
-            self.write_seq += 1
-        self._in_flight = max(0, self._in_flight - 1)
-        if self._in_flight == 0:
-            self._idle.set()
-
-    def covers(self, record: ItemRecord) -> bool:
-        """True when the files on disk hold this version of the record (a --force run makes a new one)."""
-        return self.covered.get(record.hash) == record.created
-
-    def cached(self, content_hash: str) -> ItemRecord | None:
-        """The record as the last render read it (saves a file read when a job comes back)."""
-        hit = self.cache.entries.get(f"{content_hash}.json")
-        return hit[1] if hit is not None else None
-
-    async def settle(
-        self, job_id: int, record: ItemRecord, formats: list[FormatName], options: RenderOptions
-    ) -> bool:
-        """May the job of `record` finish now? False: it guards rows not yet rendered; come back later.
-
-        Raises OSError when a render done right here cannot write its files.
-        """
-        now = time.monotonic()
-        guard = self._guards.get(job_id)
-        if guard is not None:
-            if self._open_guard == job_id:
-                self._open_guard = None  # take no new rows: the next item to finish guards those
-            if self.rendered_seq < guard[0]:
-                await self.request(formats, options)
-            if self.rendered_seq >= guard[0]:
-                del self._guards[job_id]
-                return True
-            return False
-        if self.covers(record):
-            return True
-        await self.request(formats, options)
-        if self.covers(record):
-            return True
-        open_id = self._open_guard
-        open_guard = self._guards.get(open_id) if open_id is not None else None
-        if open_id is not None and open_guard is not None and now - open_guard[1] < GUARD_TTL:
-            self._guards[open_id] = (self.write_seq, open_guard[1])
-            return True
-        # no guard, or one that never came back (cancelled or paused while waiting)
-        self._guards = {k: v for k, v in self._guards.items() if now - v[1] < GUARD_FORGET}
-        self._guards[job_id] = (self.write_seq, now)
-        self._open_guard = job_id
-        return False
-
-    async def request(self, formats: list[FormatName], options: RenderOptions) -> None:
-        """Ask for a render with these settings (the newest job's win).
-
-        Raises OSError when a render done right here cannot write its files.
-        """
-        self._formats, self._options = list(formats), options
-        self._dirty = True
-        if self._in_flight == 0:
-            await self._render()
-        elif self._task is None or self._task.done():
-            self._task = asyncio.create_task(
-                self._later(), name=f"dropflow-dataset-render:{self.folder.name}"
-            )
-
-    async def _later(self) -> None:
-        while self._dirty:
-            try:
-                await asyncio.wait_for(self._idle.wait(), timeout=self.max_delay)
-            except TimeoutError:
-                pass
-            try:
-                await self._render()
-            except Exception as exc:  # a full disk must not kill the loop; the guards wait and retry
-                log.error("dataset %s: cannot write its files: %s", self.folder.name, exc)
-                await asyncio.sleep(self.max_delay)
-
-    async def _render(self) -> None:
-        async with self._lock:
-            if not self._dirty:
-                return  # a render that started after our record was written just finished
-            self._dirty = False
-            seq = self.write_seq
-            try:
-                result = await asyncio.to_thread(self.folder.render, self._formats, self._options, self.cache)
-            except BaseException:
-                self._dirty = True
-                raise
-            self.covered = result.covered
-            self.rendered_seq = seq
-            self.renders += 1
 
 
 def _read_record(path: Path) -> ItemRecord | None:

@@ -8,14 +8,20 @@ files in `summary`.
 
 | format        | files (relative to the dataset folder)                     | image paths          |
 |---------------|------------------------------------------------------------|----------------------|
-| llamafactory  | train.jsonl, val.jsonl, dataset_info.json (sharegpt)       | relative             |
-| swift         | swift_train.jsonl, swift_val.jsonl                         | absolute             |
-| llava         | llava_train.json, llava_val.json (JSON arrays; Qwen-VL too) | relative             |
+| llamafactory  | train.jsonl, val.jsonl; entries in ../dataset_info.json    | from the datasets root |
+| swift         | swift_train.jsonl, swift_val.jsonl                         | from the datasets root |
+| llava         | llava_train.json, llava_val.json (JSON arrays; Qwen-VL too) | from the datasets root |
 | openai        | openai_train.jsonl, openai_val.jsonl                       | inline data URLs     |
 | imagefolder   | imagefolder/{train,validation}/metadata.jsonl + images     | beside the metadata  |
 
-The train/validation split is a pure function of an item's content hash, so it never changes
-when items are added, and every format agrees on it (`records.split_of`).
+Image paths are relative to the datasets root (outputs/dataset/, the parent of every dataset
+folder): `cats/images/ab/<sha256>.jpg`. They survive a copy of that root to a training machine, and
+several datasets combine under one LLaMA-Factory `dataset_dir` (whose `dataset_info.json`, shared
+by them, `info` merges into), one swift working directory or one LLaVA `image_folder`.
+
+The train/validation split is decided once per item and remembered (`split`); every format
+gets the same assignment through `RenderOptions.splits`, so all agree on it. With `val_ratio > 0`
+the validation files and the `<name>_val` entry always exist (empty while there is one item).
 
 Items the offline provider answered (`ItemRecord.offline`: a placeholder, no model called) are
 marked with `OFFLINE_MARKER` in every format that tolerates an extra key, and left out of the
@@ -25,35 +31,36 @@ OpenAI file, which has no room for one, unless `RenderOptions.offline_in_openai`
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dropflow.engine.dataset.records import ItemRecord, by_split, has_placeholder
+from dropflow.engine.dataset.records import ItemRecord, by_split
+from dropflow.engine.dataset.sharegpt import (
+    IMAGE_TOKEN,
+    check_sharegpt,
+    dataset_info,
+    shared_path,
+    sharegpt_row,
+)
+from dropflow.engine.dataset.split import Split
+
+# the sharegpt helpers moved to `sharegpt` and stay importable from here
+__all__ = ["IMAGE_TOKEN", "check_sharegpt", "dataset_info", "shared_path", "sharegpt_row"]
 
 FormatName = Literal["llamafactory", "swift", "llava", "openai", "imagefolder"]
 FORMAT_NAMES: tuple[FormatName, ...] = ("llamafactory", "swift", "llava", "openai", "imagefolder")
-
-IMAGE_TOKEN = "<image>"
 
 # OpenAI chat fine-tuning: at most 10 images per example, 10 MB each, JPEG/PNG/WEBP.
 OPENAI_MAX_IMAGE_BYTES = 10 * 1024 * 1024
 OPENAI_MAX_IMAGES = 10
 OPENAI_MIMES = frozenset({"image/jpeg", "image/png", "image/webp"})
 
-SHAREGPT_TAGS = {
-    "role_tag": "role",
-    "content_tag": "content",
-    "user_tag": "user",
-    "assistant_tag": "assistant",
-    "system_tag": "system",
-}
-
 # every file a format may own: a file of the format that is not in the current plan is stale
 # (e.g. val.jsonl after val_ratio went back to 0) and is removed by the writer
 FORMAT_FILES: dict[FormatName, tuple[str, ...]] = {
-    "llamafactory": ("train.jsonl", "val.jsonl", "dataset_info.json"),
+    "llamafactory": ("train.jsonl", "val.jsonl"),
     "swift": ("swift_train.jsonl", "swift_val.jsonl"),
     "llava": ("llava_train.json", "llava_val.json"),
     "openai": ("openai_train.jsonl", "openai_val.jsonl"),
@@ -72,8 +79,12 @@ class RenderOptions:
     name: str  # the dataset's name (its folder): the key in dataset_info.json
     root: Path  # the dataset folder: absolute paths (swift) and image bytes (openai) come from it
     val_ratio: float = 0.0
-    include_system: bool = True
+    # the trained model's system turn in every row (`record_system`); None: rows have none. Never
+    # the captioning prompt kept in `ItemRecord.system`: that instructed the describing model
+    system: str | None = None
     offline_in_openai: bool = False  # offline placeholder rows go into the openai file, unmarked
+    # content hash -> split, as stored by the dataset folder; items missing here are assigned afresh
+    splits: Mapping[str, Split] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,9 @@ class Plan:
     rows: dict[str, int] = field(default_factory=dict)  # split -> rows written
     skipped: list[dict[str, str]] = field(default_factory=list)  # items a format's limits exclude
     offline_left_out: int = 0  # offline placeholder items kept out of a format that cannot mark them
+    # entries to merge into the datasets root's dataset_info.json, and our keys to remove from it
+    info: dict[str, Any] | None = None
+    info_drop: list[str] = field(default_factory=list)
 
 
 # --- shared helpers --------------------------------------------------------------------------------
@@ -135,79 +149,19 @@ def _jsonl(rows: list[dict[str, Any]]) -> Callable[[], Iterator[str]]:
     return gen
 
 
-# --- LLaMA-Factory sharegpt ------------------------------------------------------------------------
-
-
-def sharegpt_row(rec: ItemRecord, *, include_system: bool = True) -> dict[str, Any]:
-    messages: list[dict[str, str]] = []
-    if include_system and rec.system:
-        messages.append({"role": "system", "content": rec.system})
-    messages.append({"role": "user", "content": IMAGE_TOKEN + rec.prompt})
-    messages.append({"role": "assistant", "content": rec.answer})
-    return {"messages": messages, "images": [rec.image]}
-
-
-def check_sharegpt(row: dict[str, Any], tags: dict[str, str] = SHAREGPT_TAGS) -> list[str]:
-    """LLaMA-Factory's documented sharegpt constraints; returns the problems (empty when fine).
-
-    `images` is a list; the number of `<image>` tokens equals len(images); after an optional
-    leading system message, roles alternate user / assistant and end with the assistant.
-    """
-    problems: list[str] = []
-    images = row.get("images")
-    if not isinstance(images, list):
-        problems.append(f"'images' must be a list, not {type(images).__name__}")
-        images = []
-    messages = row.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return [*problems, "'messages' must be a non-empty list"]
-    role, content = tags["role_tag"], tags["content_tag"]
-    if messages[0].get(role) == tags.get("system_tag"):
-        messages = messages[1:]
-    if not messages or len(messages) % 2:
-        problems.append("messages must be user/assistant pairs")
-    for i, msg in enumerate(messages):
-        want = tags["user_tag"] if i % 2 == 0 else tags["assistant_tag"]
-        if msg.get(role) != want:
-            problems.append(f"message {i} has role {msg.get(role)!r}, expected {want!r}")
-        if not isinstance(msg.get(content), str):
-            problems.append(f"message {i} content must be a string")
-    tokens = sum(str(m.get(content, "")).count(IMAGE_TOKEN) for m in row["messages"])
-    if tokens != len(images):
-        problems.append(f"{tokens} {IMAGE_TOKEN} token(s) for {len(images)} image(s)")
-    for m in messages[1::2]:
-        if has_placeholder(str(m.get(content, ""))):
-            problems.append("an assistant answer holds a literal media placeholder")
-    return problems
-
-
-def dataset_info(name: str, *, has_val: bool) -> dict[str, Any]:
-    """The `dataset_info.json` entries LLaMA-Factory needs for train (and validation)."""
-
-    def entry(file_name: str) -> dict[str, Any]:
-        return {
-            "file_name": file_name,
-            "formatting": "sharegpt",
-            "columns": {"messages": "messages", "images": "images"},
-            "tags": dict(SHAREGPT_TAGS),
-        }
-
-    info = {name: entry("train.jsonl")}
-    if has_val:
-        info[f"{name}_val"] = entry("val.jsonl")
-    return info
+# --- LLaMA-Factory sharegpt (rows and checks in `sharegpt`) ----------------------------------------
 
 
 def _llamafactory(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("llamafactory")
     names = {"train": "train.jsonl", "validation": "val.jsonl"}
     marks = marks_offline(records)
-    for split, recs in by_split(records, opts.val_ratio).items():
-        if split == "validation" and not recs:
+    for split, recs in by_split(records, opts.val_ratio, opts.splits).items():
+        if split == "validation" and opts.val_ratio <= 0:
             continue
         rows = []
         for rec in recs:
-            row = sharegpt_row(rec, include_system=opts.include_system)
+            row = sharegpt_row(rec, opts.root.name, system=opts.system)
             problems = check_sharegpt(row)
             if problems:  # the engine's checks make this unreachable; never ship a row that breaks training
                 plan.skipped.append({"hash": rec.hash, "source": rec.source, "reason": "; ".join(problems)})
@@ -215,30 +169,29 @@ def _llamafactory(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
             rows.append(_marked(row, rec, marks))
         plan.files.append(OutputFile(names[split], _jsonl(rows)))
         plan.rows[split] = len(rows)
-    info = dataset_info(opts.name, has_val="validation" in plan.rows)
-    text = json.dumps(info, ensure_ascii=False, indent=2) + "\n"
-    plan.files.append(OutputFile("dataset_info.json", lambda: [text]))
+    plan.info = dataset_info(opts.root.name, has_val="validation" in plan.rows)
+    plan.info_drop = [f"{opts.root.name}_val"]  # ours, when val_ratio went back to 0
     return plan
 
 
 # --- ms-swift --------------------------------------------------------------------------------------
 
 
-def swift_row(rec: ItemRecord, root: Path, *, include_system: bool = True) -> dict[str, Any]:
-    """ms-swift's messages + images; absolute image paths, as its docs prefer."""
-    row = sharegpt_row(rec, include_system=include_system)
-    row["images"] = [str((root / rec.image).resolve())]
-    return row
+def swift_row(rec: ItemRecord, dataset: str, *, system: str | None = None) -> dict[str, Any]:
+    """ms-swift's messages + images. Its docs prefer absolute paths, but those break once the
+    folder is copied to a GPU machine: these are relative to the datasets root, so swift runs there
+    (it opens a relative path from its working directory)."""
+    return sharegpt_row(rec, dataset, system=system)
 
 
 def _swift(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("swift")
     names = {"train": "swift_train.jsonl", "validation": "swift_val.jsonl"}
     marks = marks_offline(records)
-    for split, recs in by_split(records, opts.val_ratio).items():
-        if split == "validation" and not recs:
+    for split, recs in by_split(records, opts.val_ratio, opts.splits).items():
+        if split == "validation" and opts.val_ratio <= 0:
             continue
-        rows = [_marked(swift_row(r, opts.root, include_system=opts.include_system), r, marks) for r in recs]
+        rows = [_marked(swift_row(r, opts.root.name, system=opts.system), r, marks) for r in recs]
         plan.files.append(OutputFile(names[split], _jsonl(rows)))
         plan.rows[split] = len(rows)
     return plan
@@ -247,15 +200,20 @@ def _swift(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
 # --- LLaVA / Qwen-VL finetune scripts ------------------------------------------------------------
 
 
-def llava_item(rec: ItemRecord) -> dict[str, Any]:
-    return {
+def llava_item(rec: ItemRecord, dataset: str, *, system: str | None = None) -> dict[str, Any]:
+    """LLaVA's conversations have no system turn (its template supplies one): a `system` key
+    beside them carries ours, for scripts that read it and for humans."""
+    item: dict[str, Any] = {
         "id": rec.hash[:16],
-        "image": rec.image,
+        "image": shared_path(rec, dataset),
         "conversations": [
             {"from": "human", "value": f"{IMAGE_TOKEN}\n{rec.prompt}"},
             {"from": "gpt", "value": rec.answer},
         ],
     }
+    if system:
+        item["system"] = system
+    return item
 
 
 def _json_array(items: list[dict[str, Any]]) -> Callable[[], Iterator[str]]:
@@ -272,10 +230,10 @@ def _llava(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("llava")
     names = {"train": "llava_train.json", "validation": "llava_val.json"}
     marks = marks_offline(records)
-    for split, recs in by_split(records, opts.val_ratio).items():
-        if split == "validation" and not recs:
+    for split, recs in by_split(records, opts.val_ratio, opts.splits).items():
+        if split == "validation" and opts.val_ratio <= 0:
             continue
-        items = [_marked(llava_item(r), r, marks) for r in recs]
+        items = [_marked(llava_item(r, opts.root.name, system=opts.system), r, marks) for r in recs]
         plan.files.append(OutputFile(names[split], _json_array(items)))
         plan.rows[split] = len(recs)
     return plan
@@ -284,10 +242,10 @@ def _llava(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
 # --- OpenAI chat fine-tuning ---------------------------------------------------------------------
 
 
-def openai_row(rec: ItemRecord, data_url: str, *, include_system: bool = True) -> dict[str, Any]:
+def openai_row(rec: ItemRecord, data_url: str, *, system: str | None = None) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
-    if include_system and rec.system:
-        messages.append({"role": "system", "content": rec.system})
+    if system:
+        messages.append({"role": "system", "content": system})
     messages.append(
         {
             "role": "user",
@@ -315,7 +273,7 @@ def _openai(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
 
     plan = Plan("openai")
     names = {"train": "openai_train.jsonl", "validation": "openai_val.jsonl"}
-    for split, recs in by_split(records, opts.val_ratio).items():
+    for split, recs in by_split(records, opts.val_ratio, opts.splits).items():
         keep: list[ItemRecord] = []
         for rec in recs:
             if rec.offline and not opts.offline_in_openai:
@@ -334,14 +292,14 @@ def _openai(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
                 plan.skipped.append({"hash": rec.hash, "source": rec.source, "reason": problem})
                 continue
             keep.append(rec)
-        if split == "validation" and not keep:
+        if split == "validation" and opts.val_ratio <= 0:
             continue
 
         def gen(keep: list[ItemRecord] = keep) -> Iterator[str]:
             # one image in memory at a time: these files hold every image, base64-encoded
             for rec in keep:
                 url = data_url((opts.root / rec.image).read_bytes(), rec.mime)
-                yield jsonl_line(openai_row(rec, url, include_system=opts.include_system))
+                yield jsonl_line(openai_row(rec, url, system=opts.system))
 
         plan.files.append(OutputFile(names[split], gen))
         plan.rows[split] = len(keep)
@@ -351,21 +309,24 @@ def _openai(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
 # --- Hugging Face imagefolder ----------------------------------------------------------------------
 
 
-def imagefolder_row(rec: ItemRecord) -> dict[str, Any]:
-    return {"file_name": rec.image, "text": rec.answer, "prompt": rec.prompt, "id": rec.hash[:16]}
+def imagefolder_row(rec: ItemRecord, *, system: str | None = None) -> dict[str, Any]:
+    row = {"file_name": rec.image, "text": rec.answer, "prompt": rec.prompt, "id": rec.hash[:16]}
+    if system:  # a column of its own (every row has it, as `datasets` wants)
+        row["system"] = system
+    return row
 
 
 def _imagefolder(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("imagefolder")
     marks = marks_offline(records)
-    for split, recs in by_split(records, opts.val_ratio).items():
-        if split == "validation" and not recs:
+    for split, recs in by_split(records, opts.val_ratio, opts.splits).items():
+        if split == "validation" and opts.val_ratio <= 0:
             continue
         # the metadata file must sit inside the split folder (or `datasets` silently ignores it),
         # and `file_name` may not leave that folder: the images are linked in beside it
         base = f"{IMAGEFOLDER_DIR}/{split}"
         plan.links.extend(ImageLink(f"{base}/{r.image}", r.image) for r in recs)
-        rows = [_marked(imagefolder_row(r), r, marks) for r in recs]
+        rows = [_marked(imagefolder_row(r, system=opts.system), r, marks) for r in recs]
         plan.files.append(OutputFile(f"{base}/metadata.jsonl", _jsonl(rows)))
         plan.rows[split] = len(recs)
     return plan

@@ -45,6 +45,13 @@ class DatasetParams(Params):
         DEFAULT_SYSTEM_PROMPT_FILE, description="System prompt file in prompts/; empty = no system prompt."
     )
     user_prompt: str = Field(DEFAULT_USER_PROMPT, min_length=1, description="The question asked per image.")
+    user_prompts: list[str] | None = Field(
+        None,
+        description="Several questions; each image gets one, chosen by its content hash (replaces user_prompt).",
+    )
+    user_prompts_file: str | None = Field(
+        None, description="A file in prompts/ with one question per line (added to user_prompts)."
+    )
     temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int = Field(1024, ge=16, le=32768, description="Longest answer, in tokens.")
     max_image_side: int = Field(
@@ -66,8 +73,11 @@ class DatasetParams(Params):
     image_token: Literal["escape", "reject"] = Field(
         "escape", description="A literal <image> in an answer: escape it as [image], or reject the answer."
     )
-    system_in_records: bool = Field(
-        True, description="Write the system prompt into the records as a system turn."
+    record_system: str | None = Field(
+        None,
+        description="The trained model's system turn, written into every record of every format; "
+        "empty = none. The captioning system prompt (system_prompt_file) instructs the describing "
+        "model only and never goes into the records.",
     )
 
     @field_validator("formats", mode="before")
@@ -79,12 +89,31 @@ class DatasetParams(Params):
             return list(dict.fromkeys(value))
         return value
 
-    @field_validator("system_prompt_file")
+    @field_validator("user_prompts")
+    @classmethod
+    def _prompt_list(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        out = [v.strip() for v in value if v.strip()]
+        if any(has_placeholder(v) for v in out):
+            raise ValueError(
+                "must not contain <image>/<video>/<audio>: dropflow places the image token itself"
+            )
+        return out or None
+
+    @field_validator("system_prompt_file", "user_prompts_file")
     @classmethod
     def _inside_prompts(cls, value: str | None) -> str | None:
         if value and (Path(value).is_absolute() or ".." in Path(value).parts):
             raise ValueError("must name a file inside prompts/ (no absolute path, no '..')")
         return value or None
+
+    @field_validator("record_system")
+    @classmethod
+    def _system_text(cls, value: str | None) -> str | None:
+        if value and has_placeholder(value):
+            raise ValueError("must not contain <image>/<video>/<audio>")
+        return (value or "").strip() or None
 
     @field_validator("user_prompt")
     @classmethod

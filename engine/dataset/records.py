@@ -2,17 +2,17 @@
 format and the summary agree on.
 
 An `ItemRecord` holds the model's answer plus everything needed to re-render it into any format;
-a `FailedItem` holds why an item failed for good and what it cost. The train/validation split is
-decided here, from the content hash alone, so every format puts an item on the same side.
+a `FailedItem` holds why an item failed for good and what it cost. `by_split` groups records by
+the split `split.assign` gives them, so every format puts an item on the same side.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any
 
-Split = Literal["train", "validation"]
+from dropflow.engine.dataset.split import Split, assign
 
 # LLaMA-Factory (and ms-swift) count these placeholders in the text to match them with the
 # media lists; a literal one inside an answer shifts every image of the batch.
@@ -85,14 +85,6 @@ class FailedItem:
 # --- shared helpers --------------------------------------------------------------------------------
 
 
-def split_of(content_hash: str, val_ratio: float) -> Split:
-    """Train or validation, decided by the content hash alone (stable as the dataset grows)."""
-    if val_ratio <= 0:
-        return "train"
-    bucket = int(content_hash[:8], 16) / 0x1_0000_0000
-    return "validation" if bucket < val_ratio else "train"
-
-
 def escape_placeholders(text: str) -> str:
     """`<image>` -> `[image]` (and `<video>`, `<audio>`): the words stay, the trainer's token goes."""
     for token in PLACEHOLDERS:
@@ -108,8 +100,13 @@ def ordered(records: Iterable[ItemRecord]) -> list[ItemRecord]:
     return sorted(records, key=lambda r: (r.created, r.hash))
 
 
-def by_split(records: Sequence[ItemRecord], val_ratio: float) -> dict[Split, list[ItemRecord]]:
+def by_split(
+    records: Sequence[ItemRecord], val_ratio: float, known: Mapping[str, Split] | None = None
+) -> dict[Split, list[ItemRecord]]:
+    """Records by split, in the order they were added (see `split.assign`)."""
+    recs = ordered(records)
+    splits = assign([r.hash for r in recs], val_ratio, known)
     out: dict[Split, list[ItemRecord]] = {"train": [], "validation": []}
-    for rec in ordered(records):
-        out[split_of(rec.hash, val_ratio)].append(rec)
+    for rec in recs:
+        out[splits[rec.hash]].append(rec)
     return out

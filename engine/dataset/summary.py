@@ -39,7 +39,7 @@ def summarize(
     _add(total, spent_failed)
     providers = sorted({r.provider for r in records if r.provider})
     models = sorted({r.model for r in records if r.model})
-    splits = by_split(records, opts.val_ratio)
+    splits = by_split(records, opts.val_ratio, opts.splits)
     return {
         "dataset": opts.name,
         "updated_at": updated_at,
@@ -73,11 +73,14 @@ def summarize(
         # items whose answer is the offline provider's placeholder: their rows are marked, or left out
         "offline_items": sum(1 for r in records if r.offline),
         "format": [p.format for p in plans],
-        "files": {p.format: [f.path for f in p.files] for p in plans},
+        # relative to the dataset folder; LLaMA-Factory's entries are in the datasets root's file
+        "files": {
+            p.format: [f.path for f in p.files] + (["../dataset_info.json"] if p.info else []) for p in plans
+        },
         "skipped": {p.format: p.skipped for p in plans if p.skipped},
         "offline_left_out": {p.format: p.offline_left_out for p in plans if p.offline_left_out},
         "val_ratio": opts.val_ratio,
-        "include_system": opts.include_system,
+        "record_system": opts.system,
     }
 
 

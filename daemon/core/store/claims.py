@@ -17,6 +17,27 @@ from dropflow.daemon.core.store.connection import owner_alive
 from dropflow.daemon.core.store.jobs import job_from_row
 
 
+def claim_query(now: float, excluded: Sequence[str], limit: int) -> tuple[str, list[Any]]:
+    """The claim's candidates: due jobs of engines not `excluded`, in claim order.
+
+    INDEXED BY: with no ANALYZE statistics (the daemon never runs it) SQLite prefers
+    jobs_status_id and reads and sorts every queued row on each claim, a cost that grows with the
+    queue (14 ms a claim at 100,000 queued). jobs_ready is in claim order, so the claim stops at
+    its LIMIT; a query shape that could not use it fails loudly instead of slowing down.
+    """
+    sql = (
+        "SELECT id, engine FROM jobs INDEXED BY jobs_ready WHERE status IN ('queued','waiting')"
+        " AND (next_attempt_at IS NULL OR next_attempt_at <= ? OR control = 'cancel')"
+    )
+    args: list[Any] = [now]
+    if excluded:
+        sql += f" AND engine NOT IN ({','.join('?' * len(excluded))})"
+        args += excluded
+    sql += " ORDER BY priority DESC, id LIMIT ?"
+    args.append(limit)
+    return sql, args
+
+
 class ClaimsMixin:
     """Claims, leases and the lease-owned outcomes (part of `Store`)."""
 
@@ -54,16 +75,7 @@ class ClaimsMixin:
         now = time.time()
         paused = list(paused_engines)
         excluded = [e for e, n in engine_slots.items() if n <= 0] + paused
-        sql = (
-            "SELECT id, engine FROM jobs WHERE status IN ('queued','waiting')"
-            " AND (next_attempt_at IS NULL OR next_attempt_at <= ? OR control = 'cancel')"
-        )
-        args: list[Any] = [now]
-        if excluded:
-            sql += f" AND engine NOT IN ({','.join('?' * len(excluded))})"
-            args += excluded
-        sql += " ORDER BY priority DESC, id LIMIT ?"
-        args.append(slots * 4 + 16)
+        sql, args = claim_query(now, excluded, slots * 4 + 16)
         claimed: list[int] = []
         async with self.transaction() as db:
             cur = await db.execute(sql, args)

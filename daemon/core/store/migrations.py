@@ -166,4 +166,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE UNIQUE INDEX jobs_dedupe ON jobs(route, batch, content_hash, params) WHERE forced = 0;
         """,
     ),
+    (
+        5,
+        "the claim walks the due jobs in claim order",
+        """
+        -- jobs_ready led with status: the claim's `status IN ('queued','waiting')` made two ranges
+        -- that SQLite read in full and sorted (via jobs_status_id) on every claim, so each claim cost
+        -- O(queued). Keyed on the claim's ORDER BY and partial on its status test, the claim reads
+        -- the index in order and stops at its LIMIT, whatever the length of the queue.
+        DROP INDEX jobs_ready;
+        CREATE INDEX jobs_ready ON jobs(priority DESC, id) WHERE status IN ('queued', 'waiting');
+        """,
+    ),
 ]
