@@ -313,7 +313,9 @@ class Scheduler:
         """
         if job.source != "inbox" or job.remote_task_id or job.checkpoint:
             return
-        unit = await asyncio.to_thread(self.router.replan, job.route, Path(job.input_path))
+        # a few stats and a small YAML read, like intake's planning: a thread hop would cost more, queued
+        # behind the file work of the other jobs
+        unit = self.router.replan(job.route, Path(job.input_path))
         if unit is None:  # its route is gone from the config: it runs as it was registered
             return
         if unit.error is not None:

@@ -8,6 +8,7 @@ and billing, per model: the table is dashscope_models.py, the rules dashscope_ru
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, ClassVar
@@ -45,6 +46,9 @@ class FakeDashScopeGeneration(FakeServer):
         # how long the model takes to answer a prompt, in pretend seconds (nothing sleeps): a
         # non-streaming call over 180 s gets a partial answer; called on the server thread
         self.answer_seconds: Callable[[Prompt], float] | None = None
+        # the token counter's vocabulary takes most of a second to load: loaded by the first
+        # request, it stalled the server's only thread while a round of requests waited
+        threading.Thread(target=rules.preload, name="fake-dashscope-tokenizer", daemon=True).start()
 
     # --- the server side -------------------------------------------------------------------------
 
