@@ -120,7 +120,7 @@ class Intake:
                 self.on_new()
             return
         if existing.input_path == nj.input_path:
-            if existing.status == "succeeded" and existing.source == "inbox":
+            if existing.status == "succeeded" and existing.source == "inbox" and existing.archived_path != "":
                 # finished, but the daemon stopped before it archived the input: finish that now
                 archived = await asyncio.to_thread(self.archive_inputs, existing)
                 if archived:

@@ -280,7 +280,8 @@ class Scheduler:
                 self.owner,
                 outputs=outputs,
                 usage=result.usage,
-                archived_path=None,
+                # "": its engine keeps the input where it is, so intake never archives it later
+                archived_path="" if job.source == "inbox" and not result.archive_input else None,
                 message=result.message,
             ),
         )

@@ -28,6 +28,7 @@ class RecordParams(Params):
     note: str = ""
     ask: bool = False  # ask the route's vision provider about the file (provider error paths)
     consume: bool = False  # folder-record: remove half its files, wait, the rest, wait again
+    keep_input: bool = False  # Done(archive_input=False): the engine leaves its input where it is
 
 
 def runs_log(state_dir: Path) -> Path:
@@ -78,7 +79,7 @@ class RecordEngine(FileEngine):
             usage = answer.usage.as_dict()
         out = files.write_bytes(ctx.output_dir / f"{job.id}-{Path(job.input_path).name}.out", data)
         self._log(ctx, job, "done")
-        return Done([out], usage=usage)
+        return Done([out], usage=usage, archive_input=not p.keep_input)
 
     def _log(self, ctx: JobContext, job: Job, event: str) -> None:
         ctx.state_dir.mkdir(parents=True, exist_ok=True)

@@ -286,3 +286,17 @@ async def test_a_locked_job_store_delays_the_daemon_but_does_not_stop_it(
     assert any("trying again at the next rescan" in m for m in messages)
     assert any("cannot record its outcome" in m for m in messages)
     assert sum("job store unavailable" in m for m in messages) >= 4  # intake, two claims, outcome
+
+
+async def test_an_input_its_engine_kept_is_not_archived_when_offered_again(project: Config) -> None:
+    (project.paths.inbox / "record" / "dropflow.yaml").write_text("params: {keep_input: true}\n")
+    src = drop(project.paths.inbox, "kept.txt", b"kept")
+    async with running_daemon(project) as first:
+        [job] = await first.wait_status(1, ("succeeded",))
+    assert job.archived_path == "" and src.exists(), "the engine kept its input where it was dropped"
+    # a new daemon's first scan offers the file again: same content, same params, finished
+    async with running_daemon(project) as second:
+        (project.paths.inbox / "record" / "marker.txt").write_bytes(b"scan done")
+        await second.wait_status(2, ("succeeded",))
+        jobs = await second.store.list()
+    assert len(jobs) == 2 and src.exists(), "not archived, not run again"
