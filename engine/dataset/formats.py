@@ -152,13 +152,38 @@ def _jsonl(rows: list[dict[str, Any]]) -> Callable[[], Iterator[str]]:
 # --- LLaMA-Factory sharegpt (rows and checks in `sharegpt`) ----------------------------------------
 
 
+def _written_splits(
+    records: Sequence[ItemRecord], opts: RenderOptions
+) -> Iterator[tuple[str, list[ItemRecord]]]:
+    """The splits a format writes: validation only when `val_ratio` asks for one."""
+    for split, recs in by_split(records, opts.val_ratio, opts.splits).items():
+        if split != "validation" or opts.val_ratio > 0:
+            yield split, recs
+
+
+def _one_file_per_split(
+    fmt: FormatName,
+    names: dict[str, str],
+    records: Sequence[ItemRecord],
+    opts: RenderOptions,
+    row: Callable[..., dict[str, Any]],
+    write: Callable[[list[dict[str, Any]]], Callable[[], Iterator[str]]],
+) -> Plan:
+    """A format whose split is one file of rows made by `row(rec, dataset, system=...)`."""
+    plan = Plan(fmt)
+    marks = marks_offline(records)
+    for split, recs in _written_splits(records, opts):
+        rows = [_marked(row(r, opts.root.name, system=opts.system), r, marks) for r in recs]
+        plan.files.append(OutputFile(names[split], write(rows)))
+        plan.rows[split] = len(rows)
+    return plan
+
+
 def _llamafactory(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("llamafactory")
     names = {"train": "train.jsonl", "validation": "val.jsonl"}
     marks = marks_offline(records)
-    for split, recs in by_split(records, opts.val_ratio, opts.splits).items():
-        if split == "validation" and opts.val_ratio <= 0:
-            continue
+    for split, recs in _written_splits(records, opts):
         rows = []
         for rec in recs:
             row = sharegpt_row(rec, opts.root.name, system=opts.system)
@@ -185,16 +210,8 @@ def swift_row(rec: ItemRecord, dataset: str, *, system: str | None = None) -> di
 
 
 def _swift(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
-    plan = Plan("swift")
     names = {"train": "swift_train.jsonl", "validation": "swift_val.jsonl"}
-    marks = marks_offline(records)
-    for split, recs in by_split(records, opts.val_ratio, opts.splits).items():
-        if split == "validation" and opts.val_ratio <= 0:
-            continue
-        rows = [_marked(swift_row(r, opts.root.name, system=opts.system), r, marks) for r in recs]
-        plan.files.append(OutputFile(names[split], _jsonl(rows)))
-        plan.rows[split] = len(rows)
-    return plan
+    return _one_file_per_split("swift", names, records, opts, swift_row, _jsonl)
 
 
 # --- LLaVA / Qwen-VL finetune scripts ------------------------------------------------------------
@@ -227,16 +244,8 @@ def _json_array(items: list[dict[str, Any]]) -> Callable[[], Iterator[str]]:
 
 
 def _llava(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
-    plan = Plan("llava")
     names = {"train": "llava_train.json", "validation": "llava_val.json"}
-    marks = marks_offline(records)
-    for split, recs in by_split(records, opts.val_ratio, opts.splits).items():
-        if split == "validation" and opts.val_ratio <= 0:
-            continue
-        items = [_marked(llava_item(r, opts.root.name, system=opts.system), r, marks) for r in recs]
-        plan.files.append(OutputFile(names[split], _json_array(items)))
-        plan.rows[split] = len(recs)
-    return plan
+    return _one_file_per_split("llava", names, records, opts, llava_item, _json_array)
 
 
 # --- OpenAI chat fine-tuning ---------------------------------------------------------------------
@@ -319,9 +328,7 @@ def imagefolder_row(rec: ItemRecord, *, system: str | None = None) -> dict[str, 
 def _imagefolder(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("imagefolder")
     marks = marks_offline(records)
-    for split, recs in by_split(records, opts.val_ratio, opts.splits).items():
-        if split == "validation" and opts.val_ratio <= 0:
-            continue
+    for split, recs in _written_splits(records, opts):
         # the metadata file must sit inside the split folder (or `datasets` silently ignores it),
         # and `file_name` may not leave that folder: the images are linked in beside it
         base = f"{IMAGEFOLDER_DIR}/{split}"
