@@ -180,13 +180,21 @@ class Watcher:
         self.known.pop(unit, None)
 
     def hint(self, path: Path) -> None:
-        """Something changed at `path` (file or folder): offer the unit(s) it belongs to."""
+        """Something changed at `path` (file or folder): offer the unit(s) it belongs to.
+
+        Like the scans (`os.walk` does not descend into linked folders), a hint never looks inside
+        a linked folder: what lies there is not a unit of the inbox. A linked file or a linked
+        folder unit is offered, and the router fails its job when the link leaves the inbox.
+        """
+        if path.parent != self.inbox and link_outside(path.parent, self.inbox) is not None:
+            return  # below a folder linked from outside (a watcher may follow the link)
         if path.is_dir() and path != self.inbox:
             found = self.router.unit_root(path)
             if found is not None and found[1] == path:  # a folder unit itself
                 self._offer(*found)
                 return
-            self._scan(path)
+            if not path.is_symlink():
+                self._scan(path)
             return
         found = self.router.unit_root(path)
         if found is not None:
