@@ -152,7 +152,7 @@ async def provider_alone(url: str, videos: list[Path]) -> float:
     """The same requests (the first round's, re-sampled) straight through the provider, C at a
     time, no daemon: what the SDK and the fake server leave of the ideal. Requests per second."""
     from dropflow.daemon.core.config import ProviderSettings
-    from dropflow.engine.annotate.frames import SampleSpec, sample_frames
+    from dropflow.engine.frames import SampleSpec, sample_frames
     from dropflow.engine.providers.base import TextPart, VideoPart, VisionRequest
     from dropflow.engine.providers.dashscope import DashScopeVision
 

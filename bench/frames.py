@@ -3,7 +3,7 @@
 A 60 s, 30 fps, 1280x720 synthetic video (moving shapes, scene cuts; mp4v from OpenCV's writer)
 is sampled at 1 fps, frames shrunk to 768 px and JPEG-encoded, three ways:
 
-- ours:      `dropflow.engine.annotate.frames.sample_frames`: frames between samples decoded but never
+- ours:      `dropflow.engine.frames.sample_frames`: frames between samples decoded but never
              converted, decoding started at the last keyframe before each sample time when the
              container's index shows one ahead, encoding overlapped on a second thread;
 - read_all:  the loop most code starts with: ``cap.read()`` on every frame (decode *and* BGR
@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dropflow.engine.annotate.frames import TIME_TOLERANCE, SampleSpec, jpeg, sample_frames, shrink  # noqa: E402
+from dropflow.engine.frames import TIME_TOLERANCE, SampleSpec, jpeg, sample_frames, shrink  # noqa: E402
 
 W, H, FPS, SECONDS = 1280, 720, 30, 60
 SPEC = SampleSpec(fps=1.0, max_side=768, jpeg_quality=85, dedup=False)

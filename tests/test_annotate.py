@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from dropflow.daemon.core.config import ProviderSettings
 from dropflow.daemon.core.jobs import Job
-from dropflow.engine.annotate import frames
+from dropflow.engine import frames
 from dropflow.engine.annotate import run as annotate_run
 from dropflow.engine.annotate.engine import AnnotateEngine
 from dropflow.engine.annotate.params import AnnotateParams

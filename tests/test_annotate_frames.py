@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dropflow.engine.annotate.frames import SampleSpec, dhash, hamming, jpeg, sample_frames, shrink
 from dropflow.engine.errors import InputError, JobCancelled
+from dropflow.engine.frames import SampleSpec, dhash, hamming, jpeg, sample_frames, shrink
 from tests.videos import make_video, render, time_code
 
 

@@ -1,6 +1,7 @@
 """The layers of the house (DESIGN.md "Layout"): an import never goes up.
 
-    0  contracts and shared values   engine.{errors,files,media,base,registry,providers.base},
+    0  contracts and shared values   engine.{errors,files,media,frames,answer_cache,base,registry,
+                                     providers.base},
                                      daemon.core.{config,jobs,persons}
     1  store implementations         daemon.core.store
     2  providers and engines         engine.providers.*, engine.fakes, engine.{annotate,dataset,videogen,cluster}
@@ -28,6 +29,8 @@ LAYERS: list[tuple[str, int]] = [
     ("dropflow.engine.errors", 0),
     ("dropflow.engine.files", 0),
     ("dropflow.engine.media", 0),
+    ("dropflow.engine.frames", 0),  # video sampling: annotate's frames and video datasets'
+    ("dropflow.engine.answer_cache", 0),  # answers kept by request: annotate and video datasets
     ("dropflow.engine.base", 0),
     ("dropflow.engine.registry", 0),
     ("dropflow.daemon.core.store", 1),

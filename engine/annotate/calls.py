@@ -14,8 +14,8 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-from dropflow.engine.annotate.answer_cache import AnswerCache, request_key
 from dropflow.engine.annotate.ledger import Call, Ledger
+from dropflow.engine.answer_cache import AnswerCache, request_key
 from dropflow.engine.errors import DropflowError, ErrorKind, JobCancelled
 
 if TYPE_CHECKING:

@@ -16,11 +16,11 @@ from dropflow.engine.annotate.asr import clock
 if TYPE_CHECKING:
     from dropflow.daemon.core.jobs import Job
     from dropflow.engine.annotate.asr import Transcript
-    from dropflow.engine.annotate.frames import Sampling
     from dropflow.engine.annotate.ledger import Call, Ledger
     from dropflow.engine.annotate.params import AnnotateParams, Role
     from dropflow.engine.annotate.segments import Segment
     from dropflow.engine.annotate.summary import Summary
+    from dropflow.engine.frames import Sampling
     from dropflow.engine.providers.base import VisionProvider
 
 

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from dropflow.engine.annotate.answer_cache import AnswerCache
 from dropflow.engine.annotate.asr import clock, fit_chunk_seconds
 from dropflow.engine.annotate.calls import Caller, gather_all
 from dropflow.engine.annotate.ledger import Call, Ledger
@@ -26,6 +25,7 @@ from dropflow.engine.annotate.segments import (
 from dropflow.engine.annotate.sidecars import read_sidecars, role_photo_parts, roles_text
 from dropflow.engine.annotate.summary import Piece, Summariser, Summary
 from dropflow.engine.annotate.templates import fill, job_templates, uses
+from dropflow.engine.answer_cache import AnswerCache
 from dropflow.engine.base import Done, JobContext
 from dropflow.engine.errors import InputError
 from dropflow.engine.media import VIDEO_EXTENSIONS
@@ -42,8 +42,8 @@ from dropflow.engine.providers.base import (
 if TYPE_CHECKING:
     from dropflow.daemon.core.jobs import Job
     from dropflow.engine.annotate.asr import Soundtrack, Transcript
-    from dropflow.engine.annotate.frames import Sampling
     from dropflow.engine.annotate.params import AnnotateParams
+    from dropflow.engine.frames import Sampling
 
 T = TypeVar("T")
 
@@ -254,7 +254,7 @@ class Run:
                 raise
 
     async def _sample(self) -> Sampling:
-        from dropflow.engine.annotate.frames import SampleSpec, sample_frames
+        from dropflow.engine.frames import SampleSpec, sample_frames
 
         p, ctx = self.p, self.ctx
         spec = SampleSpec(

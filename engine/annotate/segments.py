@@ -21,7 +21,7 @@ from dropflow.engine.errors import ConfigError
 from dropflow.engine.providers.base import ImagePart
 
 if TYPE_CHECKING:
-    from dropflow.engine.annotate.frames import Frame, Sampling
+    from dropflow.engine.frames import Frame, Sampling
     from dropflow.engine.providers.base import ModelLimits, Part
 
 

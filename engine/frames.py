@@ -1,4 +1,4 @@
-"""Frame sampling for the annotate engine: which frames a vision model sees, at what time, how big.
+"""Frame sampling for video engines (annotate, video datasets): which frames a model sees, when, how big.
 
 One module: its image helpers (shrink, hash, JPEG) serve only the decode loop of `sample_frames`.
 
