@@ -7,14 +7,17 @@ Signal handlers only set the stop event; the scheduler then lets running jobs fi
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import logging
 import signal
 import threading
+from collections.abc import Collection
 from pathlib import Path
 
 from dropflow.daemon import __version__
 from dropflow.daemon.core.config import Config
+from dropflow.daemon.core.jobs import Job
 from dropflow.daemon.core.store import Store, owner_id
 from dropflow.daemon.intake import Intake
 from dropflow.daemon.logs import Redactor
@@ -22,7 +25,7 @@ from dropflow.daemon.router import Router
 from dropflow.daemon.scheduler import Scheduler
 from dropflow.daemon.watcher import Watcher
 from dropflow.engine import files, registry
-from dropflow.engine.errors import DropflowError
+from dropflow.engine.errors import ConfigError, DropflowError
 from dropflow.engine.providers import ProviderPool, resolve_default
 
 log = logging.getLogger("dropflow.daemon")
@@ -33,9 +36,9 @@ def load_plugins(cfg: Config) -> None:
         registry.load_plugin(spec)
 
 
-def _forget_folder(watcher: Watcher, input_path: str) -> None:
+def _forget_folder(watcher: Watcher, job: Job, _outcome: str) -> None:
     """A folder unit's job ended: what is left in the folder (added while it ran) is offered anew."""
-    path = Path(input_path)
+    path = Path(job.input_path)
     if path.is_dir():
         watcher.forget(path)
 
@@ -71,12 +74,38 @@ def warm_clustering(cfg: Config) -> threading.Thread | None:
     return thread
 
 
+def check_engines(engines: Collection[str] | None) -> frozenset[str] | None:
+    """The engines a daemon limited by `--engines` runs (None: all), each one known."""
+    if engines is None:
+        return None
+    unknown = sorted(set(engines) - set(registry.names()))
+    if unknown or not engines:
+        raise ConfigError(
+            f"unknown engine(s) for --engines: {', '.join(unknown) or '(none given)'}",
+            hint=f"choose among: {', '.join(registry.names())}",
+        )
+    return frozenset(engines)
+
+
 class Daemon:
-    def __init__(self, cfg: Config, redact: Redactor) -> None:
+    """One daemon. Its role on a shared store: `engines` limits the jobs it claims (a GPU box runs
+    only cluster jobs); `watch=False` makes it a pure worker that never looks at the inbox (other
+    daemons, `dropflow submit` and the TUI queue the jobs)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        redact: Redactor,
+        *,
+        engines: Collection[str] | None = None,
+        watch: bool = True,
+    ) -> None:
         self.cfg = cfg
         self.redact = redact
         self.owner = owner_id()
         self.stop = asyncio.Event()
+        self.engines = engines
+        self.watch = watch
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -84,6 +113,7 @@ class Daemon:
     async def run(self, *, install_signals: bool = True) -> None:
         cfg = self.cfg
         load_plugins(cfg)
+        engines = check_engines(self.engines)
         for p in (cfg.paths.inbox, cfg.paths.outputs, cfg.paths.archive, cfg.paths.state):
             p.mkdir(parents=True, exist_ok=True)
         removed = await asyncio.to_thread(files.clean_temp_files, cfg.paths.outputs)
@@ -98,7 +128,8 @@ class Daemon:
             log.warning(announcement)
         else:
             log.info("default provider: %s", default)
-        warm_clustering(cfg)
+        if engines is None or "cluster" in engines:
+            warm_clustering(cfg)
         hub = ProviderPool(cfg.providers, state_dir=cfg.paths.state)
         if default == "dashscope":
             # the SDK takes about a second to import: not on the event loop at the first job
@@ -108,22 +139,27 @@ class Daemon:
                 await store.register_daemon(self.owner, __version__)
                 router = Router(cfg)
                 intake = Intake(cfg, store, router)
-                scheduler = Scheduler(cfg, store, router, intake, hub, self.owner, self.redact)
+                scheduler = Scheduler(
+                    cfg, store, router, intake, hub, self.owner, self.redact, engines=engines
+                )
                 intake.on_new = scheduler.wake.set
-                watcher = Watcher(cfg.watch, router, intake.accept)
-                scheduler.on_finished = lambda job, _outcome: _forget_folder(watcher, job.input_path)
-                for path in await store.active_inputs():
-                    watcher.remember_path(path)
+                watcher = Watcher(cfg.watch, router, intake.accept) if self.watch else None
+                if watcher is not None:
+                    scheduler.on_finished = functools.partial(_forget_folder, watcher)
+                    for path in await store.active_inputs():
+                        watcher.remember_path(path)
                 log.info(
-                    "dropflow %s watching %s (outputs %s, database %s)",
+                    "dropflow %s %s (outputs %s, database %s)%s",
                     __version__,
-                    cfg.paths.inbox,
+                    f"watching {cfg.paths.inbox}" if watcher is not None else "not watching the inbox",
                     cfg.paths.outputs,
                     cfg.paths.database,
+                    f"; running only {', '.join(sorted(engines))} jobs" if engines is not None else "",
                 )
                 try:
                     async with asyncio.TaskGroup() as tg:
-                        tg.create_task(watcher.run(self.stop), name="dropflow-watcher")
+                        if watcher is not None:
+                            tg.create_task(watcher.run(self.stop), name="dropflow-watcher")
                         tg.create_task(scheduler.run(self.stop), name="dropflow-scheduler")
                 finally:
                     await store.stop_daemon(self.owner)

@@ -31,6 +31,7 @@ from dropflow.daemon.core.store.persons import SqlitePersons
 from dropflow.daemon.intake import Intake, clear_error_sidecar, write_error_sidecar
 from dropflow.daemon.logs import Redactor
 from dropflow.daemon.router import Router
+from dropflow.engine import registry
 from dropflow.engine.base import Done, JobContext, Providers, Wait
 from dropflow.engine.errors import DropflowError, ErrorKind, InputError, JobCancelled, error_payload
 
@@ -81,8 +82,13 @@ class Scheduler:
         providers: Providers,
         owner: str,
         redact: Redactor,
+        *,
+        engines: frozenset[str] | None = None,
     ) -> None:
         self.cfg = cfg
+        # a daemon limited to some engines (`--engines`) leaves the others' jobs to other daemons:
+        # to the claim they look paused
+        self.others = frozenset(registry.names()) - engines if engines is not None else frozenset()
         self.settings = cfg.scheduler
         self.store = store
         self.router = router
@@ -144,6 +150,7 @@ class Scheduler:
         paused_all, paused = await self.store.paused_engines()
         if paused_all:
             return
+        paused = [*paused, *self.others]
         busy: dict[str, int] = {}
         for r in self.running.values():
             busy[r.job.engine] = busy.get(r.job.engine, 0) + 1

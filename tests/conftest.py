@@ -107,9 +107,9 @@ class RunningDaemon:
 
 
 @asynccontextmanager
-async def running_daemon(cfg: Config) -> AsyncIterator[RunningDaemon]:
-    """An in-process daemon on `cfg`, stopped (gracefully) on exit."""
-    d = Daemon(cfg, Redactor(cfg.secrets()))
+async def running_daemon(cfg: Config, **role: Any) -> AsyncIterator[RunningDaemon]:
+    """An in-process daemon on `cfg` (`role`: its `engines` / `watch`), stopped (gracefully) on exit."""
+    d = Daemon(cfg, Redactor(cfg.secrets()), **role)
     task = asyncio.create_task(d.run(install_signals=False))
     async with Store.open(cfg.paths.database) as store:
         rd = RunningDaemon(cfg, d, task, store)

@@ -80,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("daemon", help="run the daemon headless in the foreground (logs to stderr and a file)")
     s.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    s.add_argument(
+        "--engines",
+        metavar="NAME[,NAME]",
+        help="run only these engines' jobs (e.g. cluster on a GPU box); other daemons on a shared "
+        "store run the rest",
+    )
+    s.add_argument(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="a pure worker: do not watch the inbox, only run queued jobs",
+    )
     s.set_defaults(fn=cmd_daemon)
 
     s = sub.add_parser("jobs", help="list jobs")

@@ -73,7 +73,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         backups=cfg.logging.backups,
     )
     try:
-        asyncio.run(Daemon(cfg, redact).run())
+        engines = [e.strip() for e in args.engines.split(",") if e.strip()] if args.engines else None
+        asyncio.run(Daemon(cfg, redact, engines=engines, watch=args.watch).run())
     except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
         return 130
     return EXIT_OK
