@@ -27,7 +27,10 @@ daemon: $(STAMP)
 	@test -f config.yaml || $(VENV)/bin/dropflow init .
 	$(VENV)/bin/dropflow daemon
 
+# the PostgreSQL store tests start a real server (tests/pgserver.py): installed here when missing
+# and this is root with apt-get; otherwise those tests skip, saying how to get it
 test: $(STAMP)
+	$(PY) -m tests.pgserver --ensure
 	$(PY) -m pytest -q -p no:cacheprovider
 
 format: $(STAMP)

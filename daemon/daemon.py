@@ -16,8 +16,8 @@ from collections.abc import Collection
 from pathlib import Path
 
 from dropflow.daemon import __version__
-from dropflow.daemon.core.config import Config
-from dropflow.daemon.core.jobs import Job
+from dropflow.daemon.core.config import Config, redact_url
+from dropflow.daemon.core.jobs import Job, StoreUnavailable
 from dropflow.daemon.core.store import Store, owner_id
 from dropflow.daemon.intake import Intake
 from dropflow.daemon.logs import Redactor
@@ -135,7 +135,7 @@ class Daemon:
             # the SDK takes about a second to import: not on the event loop at the first job
             await asyncio.to_thread(importlib.import_module, "dashscope")
         try:
-            async with Store.open(cfg.paths.database) as store:
+            async with Store.open(cfg.database) as store:
                 await store.register_daemon(self.owner, __version__)
                 router = Router(cfg)
                 intake = Intake(cfg, store, router)
@@ -153,7 +153,7 @@ class Daemon:
                     __version__,
                     f"watching {cfg.paths.inbox}" if watcher is not None else "not watching the inbox",
                     cfg.paths.outputs,
-                    cfg.paths.database,
+                    redact_url(cfg.database),
                     f"; running only {', '.join(sorted(engines))} jobs" if engines is not None else "",
                 )
                 try:
@@ -161,6 +161,10 @@ class Daemon:
                         if watcher is not None:
                             tg.create_task(watcher.run(self.stop), name="dropflow-watcher")
                         tg.create_task(scheduler.run(self.stop), name="dropflow-scheduler")
+                        if store.notifies:  # jobs queued elsewhere (another daemon, the CLI) wake it
+                            tg.create_task(
+                                _relay_changes(store, scheduler.wake, self.stop), name="dropflow-notices"
+                            )
                 finally:
                     await store.stop_daemon(self.owner)
         finally:
@@ -170,3 +174,14 @@ class Daemon:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
         log.info("dropflow stopped")
+
+
+async def _relay_changes(store: Store, wake: asyncio.Event, stop: asyncio.Event) -> None:
+    """Wake the scheduler at a change notice instead of at its next tick (a store that `notifies`)."""
+    while not stop.is_set():
+        try:
+            if await store.wait_for_change(1.0):
+                wake.set()
+        except StoreUnavailable as exc:  # the scheduler's own loop reports the store being down
+            log.debug("change notices unavailable: %s", exc)
+            await asyncio.sleep(1.0)

@@ -17,7 +17,6 @@ import contextlib
 import functools
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dropflow.daemon.core.config import Config
-from dropflow.daemon.core.jobs import Job
+from dropflow.daemon.core.jobs import STORE_DOWN, Job
 from dropflow.daemon.core.store import Store
 from dropflow.daemon.core.store.persons import SqlitePersons
 from dropflow.daemon.intake import Intake, clear_error_sidecar, write_error_sidecar
@@ -115,7 +114,7 @@ class Scheduler:
                 try:
                     await self._apply_controls()
                     await self._fill_slots()
-                except sqlite3.OperationalError as exc:
+                except STORE_DOWN as exc:
                     # locked past busy_timeout by another process, disk full: running jobs go on,
                     # and claiming resumes once the database answers again
                     log.warning("job store unavailable (%s); trying again in a second", exc)
@@ -150,7 +149,7 @@ class Scheduler:
         paused_all, paused = await self.store.paused_engines()
         if paused_all:
             return
-        paused = [*paused, *self.others]
+        paused |= self.others
         busy: dict[str, int] = {}
         for r in self.running.values():
             busy[r.job.engine] = busy.get(r.job.engine, 0) + 1
@@ -380,7 +379,7 @@ class Scheduler:
         while True:
             try:
                 return await write()
-            except sqlite3.OperationalError as exc:
+            except STORE_DOWN as exc:
                 if self.stopping.is_set():
                     raise
                 log.warning(

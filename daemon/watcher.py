@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sqlite3
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +21,7 @@ from pathlib import Path
 import watchfiles
 
 from dropflow.daemon.core.config import Route, WatchSettings
+from dropflow.daemon.core.jobs import STORE_DOWN
 from dropflow.daemon.router import Router
 from dropflow.engine.files import TEMP_SUFFIXES, file_hash, is_ignored_name, link_outside
 
@@ -304,7 +304,7 @@ class Watcher:
                     ready.append((route, unit, sig, pre[1] if pre and pre[0] == sig else None))
                 try:
                     await self.on_ready(ready)
-                except sqlite3.OperationalError as exc:
+                except STORE_DOWN as exc:
                     # the job store is locked or full: the files stay where they are, and the
                     # next rescan offers them again
                     for _route, unit, _sig, _pre in ready:

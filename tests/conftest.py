@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from dropflow.daemon.core.jobs import Job
 from dropflow.daemon.core.store import Store
 from dropflow.daemon.daemon import Daemon
 from dropflow.daemon.logs import Redactor
+from tests.pgserver import INSTALL_HINT, PgServer, find_bin_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,8 +51,59 @@ routes:
 def _offline_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    for var in ("DASHSCOPE_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "DROPFLOW_CONFIG"):
+    for var in (
+        "DASHSCOPE_API_KEY",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "DROPFLOW_CONFIG",
+        "DROPFLOW_DATABASE",
+    ):
         monkeypatch.delenv(var, raising=False)
+
+
+# --- PostgreSQL: one real server for the whole run (tests/pgserver.py), a fresh database per test ---
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL server, started once and stopped at the end; the tests that need it skip
+    (saying how to install it) where it is missing."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip(INSTALL_HINT)
+    server = PgServer(bin_dir).start()
+    try:
+        # every test's database is a copy of one migrated template: CREATE DATABASE ... TEMPLATE
+        # costs a file copy, not the migrations
+        server.sql("CREATE DATABASE dropflow_template")
+
+        async def migrate() -> None:
+            async with Store.open(server.url("dropflow_template")):
+                pass
+
+        asyncio.run(migrate())
+        yield server
+    finally:
+        server.stop()
+
+
+_pg_databases = itertools.count()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """The URL of a fresh, migrated database of its own."""
+    name = f"test_{os.getpid()}_{next(_pg_databases)}"
+    pg_server.sql(f"CREATE DATABASE {name} TEMPLATE dropflow_template")
+    return pg_server.url(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Each store in turn: a SQLite file, then a PostgreSQL database (the contract tests)."""
+    if request.param == "sqlite":
+        return tmp_path / "store.db"
+    return str(request.getfixturevalue("pg_url"))
 
 
 def write_config(root: Path, *, settle: float = 0.3, extra: str = "") -> Path:
@@ -111,7 +164,7 @@ async def running_daemon(cfg: Config, **role: Any) -> AsyncIterator[RunningDaemo
     """An in-process daemon on `cfg` (`role`: its `engines` / `watch`), stopped (gracefully) on exit."""
     d = Daemon(cfg, Redactor(cfg.secrets()), **role)
     task = asyncio.create_task(d.run(install_signals=False))
-    async with Store.open(cfg.paths.database) as store:
+    async with Store.open(cfg.database) as store:
         rd = RunningDaemon(cfg, d, task, store)
         try:
             yield rd

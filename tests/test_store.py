@@ -10,7 +10,6 @@ from pathlib import Path
 
 from dropflow.daemon.core.jobs import JobStore, NewJob
 from dropflow.daemon.core.store import Store
-from dropflow.daemon.core.store.claims import claim_query
 from dropflow.daemon.core.store.migrations import MIGRATIONS
 
 
@@ -158,7 +157,7 @@ async def test_claim_walks_the_ready_index_without_sorting(tmp_path: Path) -> No
     async with Store.open(tmp_path / "s.db") as s:
         await s.insert_jobs([NewJob("a", "r", f"/a{i}", f"a{i}", priority=i % 3) for i in range(50)])
         for excluded in ([], ["b", "c"]):
-            sql, args = claim_query(time.time(), excluded, 20)
+            sql, args = s._claim_sql(time.time(), excluded, 20)
             cur = await s.db.execute("EXPLAIN QUERY PLAN " + sql, args)
             plan = [str(r[3]) for r in await cur.fetchall()]
             assert any("jobs_ready" in step for step in plan), plan

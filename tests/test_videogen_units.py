@@ -236,6 +236,7 @@ def test_url_expiry_is_read_from_the_signed_url() -> None:
 class StubProvider:
     name: ClassVar[str] = "stub"
     offline: ClassVar[bool] = False
+    model_family: ClassVar[str] = "wan"
 
     def __init__(self) -> None:
         self.calls: list[str] = []

@@ -18,7 +18,8 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from dropflow.daemon.core.config import Config
+from dropflow.daemon.core.config import Config, redact_url
+from dropflow.daemon.core.jobs import StoreUnavailable
 from dropflow.daemon.core.store import Store
 from dropflow.engine import registry
 from dropflow.engine.errors import DropflowError, render
@@ -82,16 +83,16 @@ class DropflowApp(App[None]):
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def on_mount(self) -> None:
-        db = self.cfg.paths.database
+        db = self.cfg.database
         try:
             await self._open(db)
-        except (OSError, sqlite3.Error) as exc:
-            self.exit(return_code=1, message=f"dropflow: cannot open the job store {db}: {exc}")
+        except (OSError, sqlite3.Error, StoreUnavailable) as exc:
+            self.exit(return_code=1, message=f"dropflow: cannot open the job store {redact_url(db)}: {exc}")
             return
         await self.push_screen(QueueScreen())
         self._poll()
 
-    async def _open(self, db: Path) -> None:
+    async def _open(self, db: Path | str) -> None:
         """Open three connections to the store, each with one job (WAL lets them run side by side):
 
         - edits: the store's request methods, one at a time. Kept apart from the reads because a

@@ -14,6 +14,9 @@ import sqlite3
 import sys
 from typing import TYPE_CHECKING, Any
 
+from dropflow.daemon.core.config import redact_url
+from dropflow.daemon.core.jobs import StoreUnavailable
+
 if TYPE_CHECKING:
     from dropflow.daemon.core.config import Config
     from dropflow.tui.data import DaemonState
@@ -81,13 +84,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         return cmd_daemon(args)
     try:
         state = asyncio.run(daemon_state(cfg))
-    except (OSError, sqlite3.Error) as exc:
-        print(f"dropflow up: cannot open the job store {cfg.paths.database}: {exc}", file=sys.stderr)
+    except (OSError, sqlite3.Error, StoreUnavailable) as exc:
+        print(f"dropflow up: cannot open the job store {redact_url(cfg.database)}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     supervisor = None
     if state.up:
         print(
-            f"a daemon already serves {cfg.paths.database} (pid {state.pid} on {state.host}): attaching to it"
+            f"a daemon already serves {redact_url(cfg.database)} (pid {state.pid} on {state.host}): attaching to it"
         )
     else:
         assert cfg.source is not None  # load() records the file it read
@@ -116,7 +119,7 @@ async def daemon_state(cfg: Config) -> DaemonState:
     from dropflow.daemon.core.store import Store
     from dropflow.tui.data import StoreReader
 
-    async with Store.open(cfg.paths.database) as store:
+    async with Store.open(cfg.database) as store:
         return await StoreReader(store, stale_after=cfg.scheduler.lease_seconds + 5).daemon_state()
 
 

@@ -2,8 +2,8 @@
 
 Nothing here loads every job. The queue reads one window with keyset pagination (`window`), the
 header reads counts per state and today's totals (`stats`, a scan of the table that the app runs
-at a rate bounded by its own cost), and the change poll reads `PRAGMA data_version` and the
-`daemons` table, both O(1). Writes go through the store's request methods, never through here.
+at a rate bounded by its own cost), and the change watch waits on the store's change notices
+(PostgreSQL) or `PRAGMA data_version` (SQLite) and reads the `daemons` table, both O(1). Writes go through the store's request methods, never through here.
 """
 
 from __future__ import annotations
@@ -105,6 +105,10 @@ class StoreReader:
 
     async def data_version(self) -> int:
         return await self.store.data_version()
+
+    async def wait_for_change(self, within: float, *, poll: float) -> bool:
+        """True when the store changed (any connection's commit) within `within` seconds."""
+        return await self.store.wait_for_change(within, poll=poll)
 
     async def window(
         self, query: JobQuery, kind: FetchKind, anchor: tuple[Any, ...] | None, limit: int

@@ -1,7 +1,8 @@
-"""The change poll: how the TUI learns that something changed without reading what did not.
+"""The change watch: how the TUI learns that something changed without reading what did not.
 
-Four times a second it asks SQLite for `PRAGMA data_version` (a counter that moves only when
-another connection commits): nothing else is read while nothing changes, so an idle TUI costs
+It waits on the store's `wait_for_change`: PostgreSQL tells it at each commit (LISTEN/NOTIFY);
+SQLite is asked four times a second for `PRAGMA data_version` (a counter that moves only when
+another connection commits). Nothing else is read while nothing changes, so an idle TUI costs
 next to no CPU. Once a second it reads the `daemons` table (a few rows) for "daemon up/down".
 The header totals scan the jobs table, so they are re-read only after a change, and no sooner
 than `STATS_COST_FACTOR` times their own last cost: on a big table they refresh less often
@@ -61,16 +62,16 @@ class StorePoller:
         on_stats: Callable[[Stats, dict[str, int]], object],
     ) -> None:
         """Poll until cancelled. Raises what the store raises (the app restarts the poll)."""
-        version: int | None = None
+        version = 0
+        changed = False
         next_daemon = 0.0
         while True:
             self._wake.clear()  # before reading: a nudge that lands during this pass is kept
-            current = await self.reader.data_version()
-            if self._forced or (version is not None and current != version):
+            if self._forced or changed:
                 self._forced = False
                 self._stats_dirty = True
-                on_change(current)
-            version = current
+                version += 1
+                on_change(version)
             now = time.monotonic()
             if now >= next_daemon:
                 next_daemon = now + DAEMON_SECONDS
@@ -86,7 +87,21 @@ class StorePoller:
                 cost = time.monotonic() - now
                 self._stats_due = time.monotonic() + max(STATS_MIN_SECONDS, STATS_COST_FACTOR * cost)
                 on_stats(stats, matching)
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
-            except TimeoutError:
-                pass
+            wake_at = next_daemon
+            if self._stats_dirty:
+                wake_at = min(wake_at, max(self._stats_due, self._hold_until))
+            changed = await self._wait(max(0.0, wake_at - time.monotonic()))
+
+    async def _wait(self, within: float) -> bool:
+        """Until the store changes, this app nudges, or `within` seconds pass: True on a change."""
+        change = asyncio.ensure_future(self.reader.wait_for_change(within, poll=self.interval))
+        nudge = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({change, nudge}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            nudge.cancel()
+            if not change.done():
+                change.cancel()
+        if change.done() and not change.cancelled():
+            return change.result()  # raises what the store raised (the app restarts the poll)
+        return False

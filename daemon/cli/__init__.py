@@ -20,7 +20,7 @@ from dropflow.daemon import __version__
 from dropflow.daemon.cli.jobs import cmd_edit, cmd_job, cmd_jobs, cmd_pause_resume, cmd_priority
 from dropflow.daemon.cli.setup import cmd_config, cmd_daemon, cmd_init, load_config
 from dropflow.daemon.cli.submit import cmd_submit
-from dropflow.daemon.core.jobs import STATUSES
+from dropflow.daemon.core.jobs import STATUSES, StoreUnavailable
 from dropflow.engine.errors import (
     EXIT_CONFIG,
     EXIT_ERROR,
@@ -168,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except DropflowError as exc:
         print(render(exc), file=sys.stderr)
+        return EXIT_ERROR
+    except StoreUnavailable as exc:  # a PostgreSQL store out of reach: its message names it, redacted
+        print(f"dropflow: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:  # `dropflow jobs | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -90,6 +90,8 @@ def cmd_job(args: argparse.Namespace) -> int:
         print(f"  params:   {json.dumps(job.params, ensure_ascii=False)}")
     if job.remote_task_id:
         print(f"  remote:   {job.remote_task_id}")
+    for line in _annotate_lines(job.usage):
+        print(line)
     if job.usage:
         print(f"  usage:    {json.dumps(job.usage)}")
     for o in job.outputs:
@@ -103,6 +105,30 @@ def cmd_job(args: argparse.Namespace) -> int:
         for e in events:
             print(f"    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e.at))}  {e.kind:<7} {e.message}")
     return EXIT_OK
+
+
+def _annotate_lines(usage: dict[str, Any]) -> list[str]:
+    """Model, frames, time and spend of an annotate job, the same way for every mode (local
+    single / two-stage, hosted bailian): the keys the engine puts in its usage."""
+    if not usage or "frames_sent" not in usage or "model" not in usage:
+        return []
+    model = f"{usage['model']} ({usage.get('mode', 'single')}"
+    model += f"; summary {usage['summary_model']})" if usage.get("summary_model") else ")"
+    spend = (
+        f"{usage.get('input_tokens', 0):,} input + {usage.get('output_tokens', 0):,} output tokens"
+        f" ({usage.get('image_tokens', 0):,} image, {usage.get('video_tokens', 0):,} video)"
+    )
+    if usage.get("audio_seconds"):
+        spend += f", {usage['audio_seconds']} s of audio"
+    spend += f", {usage.get('requests', 0)} paid request(s)"
+    if usage.get("cached_answers"):
+        spend += f", {usage['cached_answers']} cached"
+    return [
+        f"  model:    {model}",
+        f"  frames:   {usage['frames_sent']} sent of {usage.get('frames_sampled', usage['frames_sent'])} sampled",
+        f"  time:     {float(usage.get('processing_seconds', 0)):.1f} s",
+        f"  spend:    {spend}",
+    ]
 
 
 # --- edits -----------------------------------------------------------------------------------------

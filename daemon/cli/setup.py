@@ -73,8 +73,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         backups=cfg.logging.backups,
     )
     try:
-        engines = [e.strip() for e in args.engines.split(",") if e.strip()] if args.engines else None
-        asyncio.run(Daemon(cfg, redact, engines=engines, watch=args.watch).run())
+        # `up` without a terminal comes here too, with no role flags: the whole daemon
+        names = getattr(args, "engines", None)
+        engines = [e.strip() for e in names.split(",") if e.strip()] if names else None
+        asyncio.run(Daemon(cfg, redact, engines=engines, watch=getattr(args, "watch", True)).run())
     except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
         return 130
     return EXIT_OK

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -43,6 +44,38 @@ class Paths(_Model):
     @property
     def logs(self) -> Path:
         return self.state / "logs"
+
+
+DATABASE_ENV = "DROPFLOW_DATABASE"
+DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+class StateSettings(_Model):
+    """`state`: where the job store lives."""
+
+    database: str | None = Field(
+        None,
+        description="The job store: empty for the SQLite file in paths.state; a path to another SQLite "
+        "file; or a postgresql:// URL, one queue shared by several daemons (put the password in "
+        "${ENV_VAR} or ~/.pgpass). The DROPFLOW_DATABASE environment variable overrides it.",
+    )
+
+
+def is_database_url(value: str) -> bool:
+    return value.startswith(DATABASE_URL_SCHEMES)
+
+
+def redact_url(target: Path | str) -> str:
+    """A database target fit for logs and messages: a URL's password replaced by `***`."""
+    text = str(target)
+    if not is_database_url(text):
+        return text
+    parts = urlsplit(text)
+    if parts.password is None:
+        return text
+    user = unquote(parts.username or "")
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class WatchSettings(_Model):
@@ -133,12 +166,54 @@ class DashScopeSettings(ProviderSettings):
     timeout_seconds: float = Field(200.0, gt=0, description="Per-request timeout (over the 180 s call cap).")
 
 
+class ArkSettings(ProviderSettings):
+    """`providers.ark`: Volcengine Ark (Doubao Seedance video generation), through the official
+    `volcengine-ark-runtime` SDK. The key is Ark's API key (ARK_API_KEY), sent as a bearer token."""
+
+    # video tasks are created and polled with short calls; a create call that hangs this long is
+    # failed as "outcome unknown" rather than waited on
+    timeout_seconds: float = Field(60.0, gt=0, description="Per-request timeout.")
+
+
 class OfflineSettings(_Model):
     latency_seconds: float = Field(0.0, ge=0, description="Simulated latency per call (demos, benches).")
     video_seconds: float = Field(3.0, ge=0, description="Simulated generation time of an offline video.")
 
 
-ProviderName = Literal["auto", "offline", "dashscope", "openai", "anthropic"]
+class BailianSettings(_Model):
+    """`providers.bailian`: hosted video analysis on Bailian (the QuanMiao light app), used by
+    the annotate engine's `mode: bailian`. The AccessKey pair is read from the environment
+    (ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET) and never stored."""
+
+    workspace_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        description="Bailian (Model Studio) workspace id, e.g. llm-xxxx; every call names it.",
+    )
+    endpoint: str = Field(
+        "quanmiaolightapp.cn-beijing.aliyuncs.com",
+        description="The service's host; an http:// or https:// URL (with a port) points the SDK elsewhere.",
+    )
+    region_id: str = Field("cn-beijing", description="The region of the endpoint.")
+    oss_endpoint: str | None = Field(
+        None, description="OSS endpoint for uploads, e.g. https://oss-cn-beijing.aliyuncs.com."
+    )
+    oss_region: str = Field("cn-beijing", description="The OSS bucket's region (V4 signatures name it).")
+    oss_bucket: str | None = Field(
+        None, description="Bucket a dropped video is uploaded to (unless it has a .url sidecar)."
+    )
+    oss_prefix: str = Field("dropflow/annotate/", description="Key prefix of uploaded videos.")
+    url_expiry_seconds: int = Field(
+        6 * 3600,
+        ge=600,
+        le=7 * 24 * 3600,
+        description="How long the signed URL the service fetches stays valid (V4: 7 days at most); "
+        "it must outlast the task's time in the queue.",
+    )
+    timeout_seconds: float = Field(60.0, gt=0, description="Per-call timeout (submit, poll, upload).")
+
+
+ProviderName = Literal["auto", "offline", "dashscope", "openai", "anthropic", "ark"]
 
 
 class Providers(_Model):
@@ -150,7 +225,12 @@ class Providers(_Model):
     )
     openai: ProviderSettings = Field(default_factory=ProviderSettings)
     anthropic: ProviderSettings = Field(default_factory=ProviderSettings)
+    ark: ArkSettings = Field(
+        default_factory=lambda: ArkSettings(requests_per_minute=600, concurrency=8),
+        description="Volcengine Ark (Seedance video generation); key from ARK_API_KEY.",
+    )
     offline: OfflineSettings = Field(default_factory=OfflineSettings)
+    bailian: BailianSettings = Field(default_factory=BailianSettings)
 
 
 class Route(_Model):
@@ -199,6 +279,7 @@ class LogSettings(_Model):
 
 class Config(_Model):
     paths: Paths = Field(default_factory=Paths)
+    state: StateSettings = Field(default_factory=StateSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     providers: Providers = Field(default_factory=Providers)
@@ -225,21 +306,43 @@ class Config(_Model):
             value = getattr(p, name)
             if not value.is_absolute():
                 setattr(p, name, (base / value).resolve())
-        for prov in (self.providers.dashscope, self.providers.openai, self.providers.anthropic):
+        keyed = self.providers
+        for prov in (keyed.dashscope, keyed.openai, keyed.anthropic, keyed.ark):
             if prov.api_key_file is not None and not prov.api_key_file.is_absolute():
                 prov.api_key_file = (base / prov.api_key_file).resolve()
         return self
 
+    @property
+    def database(self) -> Path | str:
+        """The job store `Store.open` takes: a SQLite file's path, or a `postgresql://` URL
+        (`DROPFLOW_DATABASE` first, then `state.database`, else the file in `paths.state`)."""
+        value = os.environ.get(DATABASE_ENV) or self.state.database
+        if not value:
+            return self.paths.database
+        if is_database_url(value):
+            return value
+        return Path(value).expanduser().absolute()
+
     def secrets(self) -> list[str]:
         """Every secret value this config holds, for redaction."""
         out = []
-        for prov in (self.providers.dashscope, self.providers.openai, self.providers.anthropic):
+        db = self.database
+        if isinstance(db, str):
+            password = urlsplit(db).password
+            if password:
+                out += [password, unquote(password)]
+        keyed = self.providers
+        for prov in (keyed.dashscope, keyed.openai, keyed.anthropic, keyed.ark):
             try:
                 key = prov.key()
             except ConfigError:
                 key = None
             if key:
                 out.append(key)
+        # Bailian's AccessKey secret lives only in the environment; redact it wherever it shows
+        secret = os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "").strip()
+        if secret:
+            out.append(secret)
         return out
 
 
@@ -367,7 +470,7 @@ def load_override(path: Path) -> FolderOverride:
 def redacted_dump(cfg: Config) -> str:
     """The effective config as YAML with every secret replaced; what `dropflow config show` prints."""
     data = cfg.model_dump(mode="json")
-    for name in ("dashscope", "openai", "anthropic"):
+    for name in ("dashscope", "openai", "anthropic", "ark"):
         prov = data["providers"][name]
         if prov.get("api_key"):
             prov["api_key"] = "***redacted***"

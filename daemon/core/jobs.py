@@ -8,6 +8,7 @@ spawn jobs (`JobSpawner`) and see its engine's other jobs (`TaskRegistry`), noth
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -131,6 +132,16 @@ class StoreError(Exception):
     pass
 
 
+class StoreUnavailable(StoreError):
+    """The store's server cannot be reached or refused the statement for now (PostgreSQL down, the
+    network gone, a deadlock)."""
+
+
+# A store that does not answer for now, whichever it is: SQLite locked past its busy timeout or the
+# disk full, PostgreSQL out of reach. The runtime waits these out; any other error is a bug.
+STORE_DOWN: tuple[type[Exception], ...] = (sqlite3.OperationalError, StoreUnavailable)
+
+
 class JobSpawner(Protocol):
     """Lets an engine turn one job into several (a dataset ZIP becomes one job per image)."""
 
@@ -169,11 +180,12 @@ class TaskRegistry(Protocol):
 
 
 class JobStore(JobSpawner, TaskRegistry, Protocol):
-    """The job store as the daemon runtime, the CLI and the TUI use it (implemented on SQLite by
-    `dropflow.daemon.core.store.Store`).
+    """The job store as the daemon runtime, the CLI and the TUI use it (implemented on SQLite and on
+    PostgreSQL by `dropflow.daemon.core.store.Store`).
 
     Every method raises the store's driver error (`sqlite3.Error`: the database is locked past its
-    busy timeout, the disk is full ...) when the database fails; a docstring names any other.
+    busy timeout, the disk is full ...; `StoreUnavailable` when PostgreSQL cannot be reached, or
+    psycopg's own error for a refused statement) when the database fails; a docstring names any other.
     The runner's writes take the lease owner and change nothing once another owner holds the job:
     they return False, or raise `StoreError` where going on without the write would be wrong.
     The request methods answer with an outcome word instead of raising. `Store`'s other public
@@ -335,4 +347,10 @@ class JobStore(JobSpawner, TaskRegistry, Protocol):
 
     async def data_version(self) -> int:
         """A number that changes whenever another connection commits: a cheap change poll."""
+        ...
+
+    async def wait_for_change(self, within: float, *, poll: float = 0.25) -> bool:
+        """Wait up to `within` seconds for a commit since the last call (the first call only sets
+        the mark); True when there was one. PostgreSQL is told (LISTEN/NOTIFY); SQLite is looked
+        at every `poll` seconds."""
         ...

@@ -15,6 +15,9 @@ One job, in stages (each reports progress, so `dropflow jobs` and the TUI show w
 Every model call goes through the answer cache (`answer_cache.py`) first: a retry after a 429,
 a restart after a crash, or the same video dropped again never pays twice for the same request.
 
+`mode: bailian` hands the whole job to Bailian's hosted video analysis instead (`bailian.py`):
+upload (or a `.url` sidecar), submit, then poll between `Wait`s; same outputs.
+
 This module is the engine's face to the daemon; the work lives beside it: `params.py` (the
 parameters), `templates.py` and `sidecars.py` (what a job reads besides the video), `segments.py`,
 `calls.py` (sending requests) and `ledger.py` (what they cost), `output.py`, and `run.py` (one job,
@@ -32,8 +35,8 @@ from pydantic import BaseModel
 
 from dropflow.engine.annotate.params import AnnotateParams
 from dropflow.engine.annotate.run import Run
-from dropflow.engine.annotate.sidecars import EXTRA_SUFFIX, ROLES_SUFFIXES, sidecar
-from dropflow.engine.base import Done, FileEngine, JobContext
+from dropflow.engine.annotate.sidecars import EXTRA_SUFFIX, ROLES_SUFFIXES, URL_SUFFIX, sidecar
+from dropflow.engine.base import FileEngine, JobContext, Result
 from dropflow.engine.errors import DropflowError
 from dropflow.engine.media import VIDEO_EXTENSIONS
 
@@ -59,17 +62,25 @@ class AnnotateEngine(FileEngine):
         self.decode_slots = asyncio.Semaphore(os.cpu_count() or 1)
 
     def inputs_for(self, path: Path) -> list[Path] | None:
-        """The video, then its `<video>.roles.yaml` and `<video>.extra.txt` when present (archived with it)."""
+        """The video, then its `<video>.roles.yaml`, `<video>.extra.txt` and `<video>.url` when present
+        (archived with it)."""
         if path.suffix.lower() not in self.extensions:
             return None
-        found = [sidecar(path, ROLES_SUFFIXES), sidecar(path, (EXTRA_SUFFIX,))]
+        found = [sidecar(path, ROLES_SUFFIXES), sidecar(path, (EXTRA_SUFFIX,)), sidecar(path, (URL_SUFFIX,))]
         return [path, *(p for p in found if p is not None)]
 
-    async def run(self, job: Job, ctx: JobContext) -> Done:
-        """Raises InputError (missing/oversized/unreadable video, zero frames, bad photo), ConfigError
+    async def run(self, job: Job, ctx: JobContext) -> Result:
+        """`Done`, or `Wait` while a Bailian task (mode: bailian) is in flight.
+
+        Raises InputError (missing/oversized/unreadable video, zero frames, bad photo), ConfigError
         (missing prompt, bad sidecar), provider errors (AuthError on 401, RetryableError on 429/5xx),
         JobCancelled."""
-        run = Run(job, ctx, AnnotateParams.model_validate(job.params), self.decode_slots)
+        params = AnnotateParams.model_validate(job.params)
+        if params.mode == "bailian":  # hosted: upload, submit, then follow the task between Waits
+            from dropflow.engine.annotate.bailian import HostedRun
+
+            return await HostedRun(job, ctx, params).run()
+        run = Run(job, ctx, params, self.decode_slots)
         try:
             return await run.run()
         except DropflowError as exc:

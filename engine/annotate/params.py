@@ -24,6 +24,40 @@ class Role(BaseModel):
     )
 
 
+BailianOutput = Literal["videoAnalysis", "videoGenerate", "videoTitleGenerate", "videoMindMappingGenerate"]
+
+
+class BailianOptions(BaseModel):
+    """What only `mode: bailian` (Bailian's hosted video analysis) reads; the rest maps from the
+    common params: model -> videoModelId, summary_model -> modelId, segment_prompt /
+    summary_prompt -> the two custom templates, interval (or fps) and max_side -> frameSampleMethod,
+    roles -> videoRoles, extra_info -> videoExtraInfo, language -> language."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generate_options: list[BailianOutput] = Field(
+        default_factory=lambda: ["videoAnalysis", "videoGenerate"],  # type: ignore[arg-type]
+        min_length=1,
+        description="Results to make: videoAnalysis (per shot), videoGenerate (the summary), "
+        "videoTitleGenerate, videoMindMappingGenerate.",
+    )
+    summary_template_id: str | None = Field(
+        None, description="A summary template saved in the Bailian console (modelCustomPromptTemplateId)."
+    )
+    service_templates: bool = Field(
+        False, description="Send no templates of ours: the service's default prompts apply."
+    )
+    poll_first_seconds: float = Field(
+        5.0, ge=0.05, le=600, description="First status check after submitting."
+    )
+    poll_max_seconds: float = Field(
+        60.0, ge=0.05, le=3600, description="Longest pause between status checks."
+    )
+    deadline_minutes: float = Field(
+        180.0, gt=0, le=24 * 60, description="Stop following a task still unfinished after this long."
+    )
+
+
 class AnnotateParams(Params):
     """Parameters of the annotate engine (route `params`, a folder's dropflow.yaml, or `--set`)."""
 
@@ -57,8 +91,10 @@ class AnnotateParams(Params):
     max_total_frames: int = Field(
         3600, ge=1, description="Frames kept per video at most; a longer video fails with a hint."
     )
-    mode: Literal["single", "two_stage"] = Field(
-        "single", description="single: one prompt per segment; two_stage: segment analysis, then a summary."
+    mode: Literal["single", "two_stage", "bailian"] = Field(
+        "single",
+        description="single: one prompt per segment; two_stage: segment analysis, then a summary; "
+        "bailian: the same two stages run by Bailian's hosted video analysis (providers.bailian).",
     )
     segment_prompt: str = Field("segment_analysis.txt", description="Two-stage: the per-segment template.")
     summary_prompt: str = Field("summary.txt", description="Two-stage: the summary template.")
@@ -75,6 +111,9 @@ class AnnotateParams(Params):
     asr_chunk_seconds: float = Field(30.0, ge=5.0, le=180.0, description="Audio per recognition request.")
     concurrency: int = Field(4, ge=1, le=64, description="Requests of one job in flight at once.")
     cache: bool = Field(True, description="Reuse answers already paid for (same content, same params).")
+    bailian: BailianOptions = Field(
+        default_factory=BailianOptions, description="Options of mode: bailian (hosted video analysis)."
+    )
 
     @property
     def effective_fps(self) -> float:

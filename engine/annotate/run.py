@@ -165,8 +165,12 @@ class Run:
             warnings=self.warnings,
         )
         outputs = await asyncio.to_thread(write_outputs, outcome, ctx.output_dir)
-        usage = self.ledger.usage()
+        usage: dict[str, Any] = dict(self.ledger.usage())
         usage.update(frames_sampled=sampling.sampled, frames_sent=len(sampling.frames))
+        # the keys `dropflow job N` reads to show a local and a hosted (mode: bailian) job alike
+        usage.update(mode=p.mode, model=p.model, processing_seconds=round(time.monotonic() - self.started, 2))
+        if p.mode == "two_stage":
+            usage["summary_model"] = p.summary_model
         cached = usage["cached_answers"]
         return Done(
             outputs,

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 ROLES_SUFFIXES = (".roles.yaml", ".roles.yml")
 EXTRA_SUFFIX = ".extra.txt"
+URL_SUFFIX = ".url"  # mode: bailian: where the service can fetch the video (no upload then)
 
 
 def sidecar(video: Path, suffixes: Sequence[str]) -> Path | None:

@@ -11,22 +11,23 @@ from typing import Literal
 
 from dropflow.engine.dataset.records import escape_placeholders, has_placeholder
 
-# Refusals and "no image" answers seen from vision models, English and Chinese. Matched only near
-# the start of an answer, where models put them, so a description quoting such words is kept.
+# Refusals and "no image" (or "no video") answers seen from vision models, English and Chinese.
+# Matched only near the start of an answer, where models put them, so a description quoting such
+# words is kept.
 _REFUSALS = [
     re.compile(p, re.IGNORECASE)
     for p in (
         r"\b(i )?(can ?not|can't|cannot|am unable to|'m unable to|am not able to|'m not able to|do not|don't)"
         r" (see|view|access|open|process|analy[sz]e|display|load) (the |any |this |an |your )?"
-        r"(image|picture|photo|attachment)",
-        r"\bno (image|picture|photo)s? (was|were|is|are|has been|have been) (provided|attached|uploaded|shared|included)",
-        r"\b(image|picture|photo) (is|was|seems to be|appears to be) (missing|not (visible|available|attached|loaded))",
-        r"\bunable to (see|view|access|load|display) (the |any |this )?(image|picture|photo)",
+        r"(image|picture|photo|attachment|video|clip|frames?)",
+        r"\bno (image|picture|photo|video|clip|frame)s? (was|were|is|are|has been|have been) (provided|attached|uploaded|shared|included)",
+        r"\b(image|picture|photo|video|clip) (is|was|seems to be|appears to be) (missing|not (visible|available|attached|loaded))",
+        r"\bunable to (see|view|access|load|display|play) (the |any |this )?(image|picture|photo|video|clip)",
         r"\bas an ai( language model)?,? i (can ?not|can't|don't|do not)",
         r"\bi'?m sorry,? (but )?i (can ?not|can't|am unable to) (help|assist|describe|identify|comply)",
         r"\bi (can ?not|can't|won't) (help|assist) with (that|this)",
-        r"(无法|不能)(查看|看到|识别|打开|加载)(该|这张|这个|此)?(图片|图像|照片)",
-        r"(没有|未)(看到|收到|提供)(任何)?(图片|图像|照片)",
+        r"(无法|不能)(查看|看到|识别|打开|加载)(该|这张|这个|此)?(图片|图像|照片|视频)",
+        r"(没有|未)(看到|收到|提供)(任何)?(图片|图像|照片|视频)",
         r"抱歉[，,]?\s*我(无法|不能)",
     )
 ]

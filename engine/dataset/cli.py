@@ -157,7 +157,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     pending = _pending(cfg).get(args.name, Counter())
     tokens = summary.get("tokens", {})
     print(f"dataset {args.name}  ({folder.root})")
-    print(f"  items:    {summary['items']}  (train {summary['train']}, validation {summary['validation']})")
+    videos = f", {summary['videos']} videos" if summary.get("videos") else ""
+    print(
+        f"  items:    {summary['items']}  (train {summary['train']}, validation {summary['validation']}{videos})"
+    )
     if pending:
         print("  pending:  " + ", ".join(f"{n} {status}" for status, n in sorted(pending.items())))
     print(f"  provider: {summary.get('provider')}  model {summary.get('model')}")

@@ -5,6 +5,7 @@ coalescing of those renders while items stream in is `coalescer.RenderCoalescer`
       .records/<sha256>.json          one finished item (the source of truth), written atomically
       .records/failed/<sha256>.json   one item that failed for good, with the reason and its cost
       images/<ab>/<sha256>.jpg        the image as the model saw it
+      videos/<ab>/<sha256>.mp4        a video item: a copy of the video as it was dropped
       train.jsonl, val.jsonl, ... , summary.json     rendered from the records
     outputs/dataset/dataset_info.json   LLaMA-Factory's entries of every dataset, merged (`info`)
 
@@ -35,6 +36,7 @@ from dropflow.engine.dataset.formats import (
     FORMAT_FILES,
     FORMAT_NAMES,
     IMAGEFOLDER_DIR,
+    VIDEOFOLDER_DIR,
     FormatName,
     ImageLink,
     Plan,
@@ -50,6 +52,7 @@ DEFAULT_DATASET = "default"  # the dataset of images dropped straight into inbox
 RECORDS = ".records"
 FAILED = ".records/failed"
 IMAGES = "images"
+VIDEOS = "videos"
 SUMMARY = "summary.json"
 
 
@@ -81,6 +84,10 @@ class DatasetFolder:
     def image_rel(content_hash: str, ext: str) -> str:
         return f"{IMAGES}/{content_hash[:2]}/{content_hash}{ext}"
 
+    @staticmethod
+    def video_rel(content_hash: str, ext: str) -> str:
+        return f"{VIDEOS}/{content_hash[:2]}/{content_hash}{ext.lower()}"
+
     def record_path(self, content_hash: str) -> Path:
         return self.root / RECORDS / f"{content_hash}.json"
 
@@ -98,6 +105,20 @@ class DatasetFolder:
             files.write_bytes(image_path, image)
         path = files.write_json(self.record_path(record.hash), record.to_json())
         self.failure_path(record.hash).unlink(missing_ok=True)  # a retry that worked
+        return path
+
+    def write_video_item(self, record: ItemRecord, source: Path) -> Path:
+        """Copy the video (file to file: it may be large), then write the record.
+
+        A copy, not a link: the dropped file is archived afterwards and stays the user's to edit.
+        Raises OSError when the copy or the record cannot be written.
+        """
+        video_path = self.root / record.video
+        if not (video_path.exists() and video_path.stat().st_size == source.stat().st_size):
+            with source.open("rb") as src, files.atomic_writer(video_path, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        path = files.write_json(self.record_path(record.hash), record.to_json())
+        self.failure_path(record.hash).unlink(missing_ok=True)
         return path
 
     def write_failure(self, failure: FailedItem) -> Path:
@@ -257,14 +278,15 @@ class DatasetFolder:
             except OSError:
                 shutil.copyfile(src, tmp)
             os.replace(tmp, dst)
-        base = self.root / IMAGEFOLDER_DIR
-        for split_dir in base.iterdir() if base.is_dir() else ():
-            images = split_dir / IMAGES
-            if not images.is_dir():
-                continue
-            for path in images.rglob("*"):
-                if path.is_file() and path.relative_to(self.root).as_posix() not in wanted:
-                    path.unlink()  # moved to the other split (val_ratio changed)
+        for tree, media in ((IMAGEFOLDER_DIR, IMAGES), (VIDEOFOLDER_DIR, VIDEOS)):
+            base = self.root / tree
+            for split_dir in base.iterdir() if base.is_dir() else ():
+                folder = split_dir / media
+                if not folder.is_dir():
+                    continue
+                for path in folder.rglob("*"):
+                    if path.is_file() and path.relative_to(self.root).as_posix() not in wanted:
+                        path.unlink()  # moved to the other split (val_ratio changed)
 
 
 def _read_record(path: Path) -> ItemRecord | None:

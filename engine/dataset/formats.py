@@ -1,18 +1,24 @@
 """Fine-tuning dataset formats: pure functions from item records to the files trainers read.
 
-One `ItemRecord` per image (the model's answer plus everything needed to re-render it) can be
-rendered into each format; nothing here calls a model or writes a file. A `Plan` lists the files
-(as lazily generated text chunks) and the image links a format needs; `folder` writes
+One `ItemRecord` per image or video (the model's answer plus everything needed to re-render it)
+can be rendered into each format; nothing here calls a model or writes a file. A `Plan` lists the
+files (as lazily generated text chunks) and the media links a format needs; `folder` writes
 them atomically. The records themselves are in `records`, the summary.json built beside these
 files in `summary`.
 
-| format        | files (relative to the dataset folder)                     | image paths          |
+| format        | files (relative to the dataset folder)                     | media paths          |
 |---------------|------------------------------------------------------------|----------------------|
 | llamafactory  | train.jsonl, val.jsonl; entries in ../dataset_info.json    | from the datasets root |
 | swift         | swift_train.jsonl, swift_val.jsonl                         | from the datasets root |
 | llava         | llava_train.json, llava_val.json (JSON arrays; Qwen-VL too) | from the datasets root |
-| openai        | openai_train.jsonl, openai_val.jsonl                       | inline data URLs     |
-| imagefolder   | imagefolder/{train,validation}/metadata.jsonl + images     | beside the metadata  |
+| openai        | openai_train.jsonl, openai_val.jsonl (images only)         | inline data URLs     |
+| imagefolder   | imagefolder/{train,validation}/metadata.jsonl + images,    | beside the metadata  |
+|               | videofolder/{train,validation}/metadata.jsonl + videos     |                      |
+
+Videos: `<video>` and `videos` in llamafactory and swift rows (both kinds share the files, see
+`sharegpt`), `video` and `<video>` in llava rows (what Qwen2.5-VL's finetune scripts read),
+`videofolder/` for Hugging Face (`imagefolder` cannot hold videos); OpenAI's fine-tuning takes no
+video, so video items are listed under `skipped` of the openai format.
 
 Image paths are relative to the datasets root (outputs/dataset/, the parent of every dataset
 folder): `cats/images/ab/<sha256>.jpg`. They survive a copy of that root to a training machine, and
@@ -39,15 +45,18 @@ from typing import Any, Literal
 from dropflow.engine.dataset.records import ItemRecord, by_split
 from dropflow.engine.dataset.sharegpt import (
     IMAGE_TOKEN,
+    VIDEO_TOKEN,
     check_sharegpt,
     dataset_info,
+    media_columns,
+    mixed_order,
     shared_path,
     sharegpt_row,
 )
 from dropflow.engine.dataset.split import Split
 
 # the sharegpt helpers moved to `sharegpt` and stay importable from here
-__all__ = ["IMAGE_TOKEN", "check_sharegpt", "dataset_info", "shared_path", "sharegpt_row"]
+__all__ = ["IMAGE_TOKEN", "VIDEO_TOKEN", "check_sharegpt", "dataset_info", "shared_path", "sharegpt_row"]
 
 FormatName = Literal["llamafactory", "swift", "llava", "openai", "imagefolder"]
 FORMAT_NAMES: tuple[FormatName, ...] = ("llamafactory", "swift", "llava", "openai", "imagefolder")
@@ -64,9 +73,16 @@ FORMAT_FILES: dict[FormatName, tuple[str, ...]] = {
     "swift": ("swift_train.jsonl", "swift_val.jsonl"),
     "llava": ("llava_train.json", "llava_val.json"),
     "openai": ("openai_train.jsonl", "openai_val.jsonl"),
-    "imagefolder": ("imagefolder/train/metadata.jsonl", "imagefolder/validation/metadata.jsonl"),
+    "imagefolder": (
+        "imagefolder/train/metadata.jsonl",
+        "imagefolder/validation/metadata.jsonl",
+        "videofolder/train/metadata.jsonl",
+        "videofolder/validation/metadata.jsonl",
+    ),
 }
 IMAGEFOLDER_DIR = "imagefolder"
+VIDEOFOLDER_DIR = "videofolder"  # the imagefolder format's video items: `datasets`' videofolder
+OPENAI_NO_VIDEO = "a video: OpenAI fine-tuning files take images only"
 
 # A top-level key the trainers ignore: LLaMA-Factory and ms-swift keep only the columns they map,
 # LLaVA / Qwen-VL read only `image` and `conversations`; `datasets` makes it a column. OpenAI's
@@ -95,8 +111,8 @@ class OutputFile:
 
 @dataclass(frozen=True)
 class ImageLink:
-    path: str  # where the format wants the image, relative to the dataset folder
-    target: str  # the stored image, relative to the dataset folder
+    path: str  # where the format wants the image (or video), relative to the dataset folder
+    target: str  # the stored image (or video), relative to the dataset folder
 
 
 @dataclass
@@ -173,7 +189,7 @@ def _one_file_per_split(
     plan = Plan(fmt)
     marks = marks_offline(records)
     for split, recs in _written_splits(records, opts):
-        rows = [_marked(row(r, opts.root.name, system=opts.system), r, marks) for r in recs]
+        rows = [_marked(row(r, opts.root.name, system=opts.system), r, marks) for r in mixed_order(recs)]
         plan.files.append(OutputFile(names[split], write(rows)))
         plan.rows[split] = len(rows)
     return plan
@@ -183,10 +199,12 @@ def _llamafactory(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("llamafactory")
     names = {"train": "train.jsonl", "validation": "val.jsonl"}
     marks = marks_offline(records)
+    # over the whole dataset: train and validation rows, and both entries, have the same columns
+    columns = media_columns(records)
     for split, recs in _written_splits(records, opts):
         rows = []
-        for rec in recs:
-            row = sharegpt_row(rec, opts.root.name, system=opts.system)
+        for rec in mixed_order(recs):
+            row = sharegpt_row(rec, opts.root.name, system=opts.system, columns=columns)
             problems = check_sharegpt(row)
             if problems:  # the engine's checks make this unreachable; never ship a row that breaks training
                 plan.skipped.append({"hash": rec.hash, "source": rec.source, "reason": "; ".join(problems)})
@@ -194,7 +212,7 @@ def _llamafactory(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
             rows.append(_marked(row, rec, marks))
         plan.files.append(OutputFile(names[split], _jsonl(rows)))
         plan.rows[split] = len(rows)
-    plan.info = dataset_info(opts.root.name, has_val="validation" in plan.rows)
+    plan.info = dataset_info(opts.root.name, has_val="validation" in plan.rows, columns=columns)
     plan.info_drop = [f"{opts.root.name}_val"]  # ours, when val_ratio went back to 0
     return plan
 
@@ -202,16 +220,23 @@ def _llamafactory(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
 # --- ms-swift --------------------------------------------------------------------------------------
 
 
-def swift_row(rec: ItemRecord, dataset: str, *, system: str | None = None) -> dict[str, Any]:
-    """ms-swift's messages + images. Its docs prefer absolute paths, but those break once the
-    folder is copied to a GPU machine: these are relative to the datasets root, so swift runs there
-    (it opens a relative path from its working directory)."""
-    return sharegpt_row(rec, dataset, system=system)
+def swift_row(
+    rec: ItemRecord, dataset: str, *, system: str | None = None, columns: Sequence[Any] | None = None
+) -> dict[str, Any]:
+    """ms-swift's messages + images (or videos). Its docs prefer absolute paths, but those break
+    once the folder is copied to a GPU machine: these are relative to the datasets root, so swift
+    runs there (it opens a relative path from its working directory)."""
+    return sharegpt_row(rec, dataset, system=system, columns=columns)
 
 
 def _swift(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     names = {"train": "swift_train.jsonl", "validation": "swift_val.jsonl"}
-    return _one_file_per_split("swift", names, records, opts, swift_row, _jsonl)
+    columns = media_columns(records)
+
+    def row(rec: ItemRecord, dataset: str, *, system: str | None = None) -> dict[str, Any]:
+        return swift_row(rec, dataset, system=system, columns=columns)
+
+    return _one_file_per_split("swift", names, records, opts, row, _jsonl)
 
 
 # --- LLaVA / Qwen-VL finetune scripts ------------------------------------------------------------
@@ -219,12 +244,15 @@ def _swift(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
 
 def llava_item(rec: ItemRecord, dataset: str, *, system: str | None = None) -> dict[str, Any]:
     """LLaVA's conversations have no system turn (its template supplies one): a `system` key
-    beside them carries ours, for scripts that read it and for humans."""
+    beside them carries ours, for scripts that read it and for humans. A video item has `video`
+    and `<video>` instead (Qwen2.5-VL's finetune scripts turn them into a video part; LLaVA
+    itself takes images only)."""
+    key, token = ("video", VIDEO_TOKEN) if rec.is_video else ("image", IMAGE_TOKEN)
     item: dict[str, Any] = {
         "id": rec.hash[:16],
-        "image": shared_path(rec, dataset),
+        key: shared_path(rec, dataset),
         "conversations": [
-            {"from": "human", "value": f"{IMAGE_TOKEN}\n{rec.prompt}"},
+            {"from": "human", "value": f"{token}\n{rec.prompt}"},
             {"from": "gpt", "value": rec.answer},
         ],
     }
@@ -285,6 +313,11 @@ def _openai(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     for split, recs in by_split(records, opts.val_ratio, opts.splits).items():
         keep: list[ItemRecord] = []
         for rec in recs:
+            if rec.is_video:
+                # frames as images would not be the video the other formats train on, and they are
+                # not kept: the item is left out, and says why
+                plan.skipped.append({"hash": rec.hash, "source": rec.source, "reason": OPENAI_NO_VIDEO})
+                continue
             if rec.offline and not opts.offline_in_openai:
                 # a row here cannot say it is a placeholder, and this file is paid to train on
                 plan.offline_left_out += 1
@@ -319,7 +352,8 @@ def _openai(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
 
 
 def imagefolder_row(rec: ItemRecord, *, system: str | None = None) -> dict[str, Any]:
-    row = {"file_name": rec.image, "text": rec.answer, "prompt": rec.prompt, "id": rec.hash[:16]}
+    """A row of `imagefolder` (or, for a video item, `videofolder`) metadata."""
+    row = {"file_name": rec.media, "text": rec.answer, "prompt": rec.prompt, "id": rec.hash[:16]}
     if system:  # a column of its own (every row has it, as `datasets` wants)
         row["system"] = system
     return row
@@ -328,13 +362,19 @@ def imagefolder_row(rec: ItemRecord, *, system: str | None = None) -> dict[str, 
 def _imagefolder(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     plan = Plan("imagefolder")
     marks = marks_offline(records)
+    # `datasets` loads images with "imagefolder" and videos with "videofolder": one tree each, and
+    # only the trees of the kinds the dataset holds (an image dataset looks as it always did)
+    trees = [(IMAGEFOLDER_DIR, False)] if any(not r.is_video for r in records) or not records else []
+    trees += [(VIDEOFOLDER_DIR, True)] if any(r.is_video for r in records) else []
     for split, recs in _written_splits(records, opts):
-        # the metadata file must sit inside the split folder (or `datasets` silently ignores it),
-        # and `file_name` may not leave that folder: the images are linked in beside it
-        base = f"{IMAGEFOLDER_DIR}/{split}"
-        plan.links.extend(ImageLink(f"{base}/{r.image}", r.image) for r in recs)
-        rows = [_marked(imagefolder_row(r, system=opts.system), r, marks) for r in recs]
-        plan.files.append(OutputFile(f"{base}/metadata.jsonl", _jsonl(rows)))
+        for tree, video in trees:
+            # the metadata file must sit inside the split folder (or `datasets` silently ignores
+            # it), and `file_name` may not leave that folder: the media are linked in beside it
+            base = f"{tree}/{split}"
+            kind = [r for r in recs if r.is_video == video]
+            plan.links.extend(ImageLink(f"{base}/{r.media}", r.media) for r in kind)
+            rows = [_marked(imagefolder_row(r, system=opts.system), r, marks) for r in kind]
+            plan.files.append(OutputFile(f"{base}/metadata.jsonl", _jsonl(rows)))
         plan.rows[split] = len(recs)
     return plan
 

@@ -26,6 +26,19 @@ Do not mention that you are an AI or that this is a description task, and do not
 "This image shows". Answer in plain prose, one or two short paragraphs."""
 DEFAULT_USER_PROMPT = "Describe this image in detail."
 
+DEFAULT_VIDEO_SYSTEM_PROMPT_FILE = "dataset_video_caption_system.txt"
+# as DEFAULT_SYSTEM_PROMPT, for prompts/dataset_video_caption_system.txt
+DEFAULT_VIDEO_SYSTEM_PROMPT = """You write training data for a vision-language model. You are given frames sampled in order from
+one video; describe the video.
+
+Cover, in this order: who or what is in it and what happens, in the order it happens; the setting
+and the lighting; how the camera moves and where the shot changes; any legible text, quoted exactly.
+
+Be factual and specific. Say "unclear" instead of guessing, and describe only what is visible.
+Do not mention frames, that you are an AI or that this is a description task, and do not start
+with "This video shows". Answer in plain prose, one or two short paragraphs."""
+DEFAULT_VIDEO_USER_PROMPT = "Describe this video in detail."
+
 DEFAULT_MODELS = {
     "dashscope": "qwen-vl-max-latest",
     "openai": "gpt-4o-mini",
@@ -80,6 +93,46 @@ class DatasetParams(Params):
         "model only and never goes into the records.",
     )
 
+    # --- video items (mp4, mov, avi, webm, mkv dropped beside the images) ---
+    video_system_prompt_file: str | None = Field(
+        DEFAULT_VIDEO_SYSTEM_PROMPT_FILE,
+        description="System prompt file in prompts/ for videos; empty = no system prompt.",
+    )
+    video_user_prompt: str = Field(
+        DEFAULT_VIDEO_USER_PROMPT, min_length=1, description="The question asked per video."
+    )
+    video_user_prompts: list[str] | None = Field(
+        None,
+        description="Several questions; each video gets one, chosen by its content hash "
+        "(replaces video_user_prompt).",
+    )
+    video_fps: float = Field(1.0, ge=0.01, le=10.0, description="Frames sampled per second of video.")
+    video_interval: float | None = Field(
+        None, ge=0.1, le=600.0, description="Seconds between sampled frames; overrides video_fps when set."
+    )
+    video_max_frames: int = Field(
+        32,
+        ge=1,
+        le=768,
+        description="Frames sent per video at most (also capped by the model): a longer video is "
+        "sampled more sparsely, over its whole length.",
+    )
+    video_max_side: int = Field(768, ge=64, le=2048, description="Longest side of a frame sent, in pixels.")
+    video_dedup: bool = Field(
+        True, description="Drop near-duplicate consecutive frames (static shots) before sending."
+    )
+    video_dedup_threshold: int = Field(
+        3, ge=0, le=64, description="Hash bits (of 256) that may differ for a frame to count as a repeat."
+    )
+    cache: bool = Field(
+        True, description="Reuse answers already paid for (a video's same frames, prompts and model)."
+    )
+
+    @property
+    def video_rate(self) -> float:
+        """Frames per second sampled (before `video_max_frames` spreads them out)."""
+        return 1.0 / self.video_interval if self.video_interval else self.video_fps
+
     @field_validator("formats", mode="before")
     @classmethod
     def _formats(cls, value: Any) -> Any:
@@ -89,7 +142,7 @@ class DatasetParams(Params):
             return list(dict.fromkeys(value))
         return value
 
-    @field_validator("user_prompts")
+    @field_validator("user_prompts", "video_user_prompts")
     @classmethod
     def _prompt_list(cls, value: list[str] | None) -> list[str] | None:
         if value is None:
@@ -101,7 +154,7 @@ class DatasetParams(Params):
             )
         return out or None
 
-    @field_validator("system_prompt_file", "user_prompts_file")
+    @field_validator("system_prompt_file", "user_prompts_file", "video_system_prompt_file")
     @classmethod
     def _inside_prompts(cls, value: str | None) -> str | None:
         if value and (Path(value).is_absolute() or ".." in Path(value).parts):
@@ -115,7 +168,7 @@ class DatasetParams(Params):
             raise ValueError("must not contain <image>/<video>/<audio>")
         return (value or "").strip() or None
 
-    @field_validator("user_prompt")
+    @field_validator("user_prompt", "video_user_prompt")
     @classmethod
     def _no_placeholder(cls, value: str) -> str:
         if has_placeholder(value):

@@ -1,5 +1,6 @@
 """The prompts of a dataset item: the user prompt asked of it (one of several, chosen by the
-item's content hash) and the captioning system prompt, read from prompts/.
+item's content hash) and the captioning system prompt, read from prompts/; a video item has its
+own of both (`video=True`).
 
 Why several user prompts: a dataset whose every row asks the same question teaches the trained
 model one question. The choice is a pure function of the content hash, so a retried, resumed or
@@ -10,7 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dropflow.engine.dataset.params import DEFAULT_SYSTEM_PROMPT, DEFAULT_SYSTEM_PROMPT_FILE, DatasetParams
+from dropflow.engine.dataset.params import (
+    DEFAULT_SYSTEM_PROMPT,
+    DEFAULT_SYSTEM_PROMPT_FILE,
+    DEFAULT_VIDEO_SYSTEM_PROMPT,
+    DEFAULT_VIDEO_SYSTEM_PROMPT_FILE,
+    DatasetParams,
+)
 from dropflow.engine.dataset.records import has_placeholder
 from dropflow.engine.errors import ConfigError
 
@@ -32,31 +39,44 @@ def _read(prompts_dir: Path, name: str) -> str:
     return text
 
 
-def system_prompt(prompts_dir: Path, p: DatasetParams) -> str | None:
-    """The captioning system prompt (None when turned off).
+def system_prompt(prompts_dir: Path, p: DatasetParams, *, video: bool = False) -> str | None:
+    """The captioning system prompt of an image (of a video: `video`), None when turned off.
 
     Raises ConfigError when the named file is missing or holds a media placeholder.
     """
-    if not p.system_prompt_file:
+    name, key, default_name, default = (
+        (
+            p.video_system_prompt_file,
+            "video_system_prompt_file",
+            DEFAULT_VIDEO_SYSTEM_PROMPT_FILE,
+            DEFAULT_VIDEO_SYSTEM_PROMPT,
+        )
+        if video
+        else (p.system_prompt_file, "system_prompt_file", DEFAULT_SYSTEM_PROMPT_FILE, DEFAULT_SYSTEM_PROMPT)
+    )
+    if not name:
         return None
     try:
-        text = _read(prompts_dir, p.system_prompt_file).strip()
+        text = _read(prompts_dir, name).strip()
     except FileNotFoundError:
-        if p.system_prompt_file == DEFAULT_SYSTEM_PROMPT_FILE:
-            return DEFAULT_SYSTEM_PROMPT
+        if name == default_name:
+            return default
         raise ConfigError(
-            f"the system prompt file {prompts_dir / p.system_prompt_file} does not exist",
-            hint=f"create it, or set params.system_prompt_file to a file in {prompts_dir}",
+            f"the system prompt file {prompts_dir / name} does not exist",
+            hint=f"create it, or set params.{key} to a file in {prompts_dir}",
         ) from None
     return text or None
 
 
-def user_prompts(prompts_dir: Path, p: DatasetParams) -> list[str]:
+def user_prompts(prompts_dir: Path, p: DatasetParams, *, video: bool = False) -> list[str]:
     """`user_prompts`, then the lines of `user_prompts_file` (blank lines and `#` comments
-    skipped); `[user_prompt]` when both are empty.
+    skipped); `[user_prompt]` when both are empty. For a video: `video_user_prompts`, else
+    `[video_user_prompt]`.
 
     Raises ConfigError when the file is missing, unreadable or holds a media placeholder.
     """
+    if video:
+        return list(dict.fromkeys(p.video_user_prompts or [])) or [p.video_user_prompt]
     out = list(p.user_prompts or [])
     if p.user_prompts_file:
         try:
@@ -71,5 +91,5 @@ def user_prompts(prompts_dir: Path, p: DatasetParams) -> list[str]:
 
 
 def pick(prompts: list[str], content_hash: str) -> str:
-    """The item's prompt: the same for the same image whenever it is asked."""
+    """The item's prompt: the same for the same image (or video) whenever it is asked."""
     return prompts[int(content_hash[:16], 16) % len(prompts)]

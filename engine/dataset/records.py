@@ -1,7 +1,8 @@
-"""Item records: what one finished (or failed) image leaves behind, and the pure helpers every
-format and the summary agree on.
+"""Item records: what one finished (or failed) image or video leaves behind, and the pure helpers
+every format and the summary agree on.
 
-An `ItemRecord` holds the model's answer plus everything needed to re-render it into any format;
+An `ItemRecord` holds the model's answer plus everything needed to re-render it into any format
+(an item is an image, or a video when `video` names its stored file);
 a `FailedItem` holds why an item failed for good and what it cost. `by_split` groups records by
 the split `split.assign` gives them, so every format puts an item on the same side.
 """
@@ -23,9 +24,9 @@ PLACEHOLDERS = ("<image>", "<video>", "<audio>")
 class ItemRecord:
     """One finished item: what was asked, what came back, and what it cost. Stored as JSON."""
 
-    hash: str  # sha256 of the dropped image's bytes: the item's identity
+    hash: str  # sha256 of the dropped file's bytes: the item's identity
     source: str  # what the user dropped (file name, or zip/member), for humans
-    image: str  # the stored image, relative to the dataset folder (posix)
+    image: str  # the stored image, relative to the dataset folder (posix); "" for a video item
     prompt: str
     answer: str  # already checked and escaped
     system: str | None = None
@@ -44,6 +45,23 @@ class ItemRecord:
     rejected: list[dict[str, str]] = field(default_factory=list)  # answers that failed the checks
     created: float = 0.0  # epoch seconds; rows are ordered by it so that new items go last
     version: int = 1
+    # a video item: the stored video (relative to the dataset folder), and how it was shown to the
+    # model (seconds, frames per second sampled, frames sent, frames sampled before repeats went)
+    video: str = ""
+    duration: float = 0.0
+    fps: float = 0.0
+    frames: int = 0
+    sampled: int = 0
+    cached: bool = False  # the answer came from the answer cache: nothing was paid for it here
+
+    @property
+    def is_video(self) -> bool:
+        return bool(self.video)
+
+    @property
+    def media(self) -> str:
+        """The stored image or video, relative to the dataset folder."""
+        return self.video or self.image
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,7 +16,7 @@ PER_FORMAT = ("files", "skipped", "offline_left_out")
 
 
 def _add(total: dict[str, int], usage: dict[str, int]) -> None:
-    for key in ("input_tokens", "output_tokens", "image_tokens"):
+    for key in ("input_tokens", "output_tokens", "image_tokens", "video_tokens"):
         total[key] = total.get(key, 0) + int(usage.get(key, 0) or 0)
 
 
@@ -44,6 +44,7 @@ def summarize(
         "dataset": opts.name,
         "updated_at": updated_at,
         "items": len(records),
+        "videos": sum(1 for r in records if r.is_video),  # of the items
         "train": len(splits["train"]),
         "validation": len(splits["validation"]),
         "failed": len(failures),
@@ -63,10 +64,13 @@ def summarize(
             "input": total.get("input_tokens", 0),
             "output": total.get("output_tokens", 0),
             "image": total.get("image_tokens", 0),
+            "video": total.get("video_tokens", 0),
             "failed_input": spent_failed.get("input_tokens", 0),
             "failed_output": spent_failed.get("output_tokens", 0),
         },
         "calls": sum(r.calls for r in records) + sum(f.calls for f in failures),
+        # items whose answer came from the answer cache (paid for earlier, by them or a copy)
+        "cached_items": sum(1 for r in records if r.cached),
         "rejected_answers": sum(len(r.rejected) for r in records),
         "provider": providers[0] if len(providers) == 1 else providers,
         "model": models[0] if len(models) == 1 else models,

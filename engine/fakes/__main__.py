@@ -24,12 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-limit", type=int, default=None, help="requests per --rate-window, then 429")
     parser.add_argument("--rate-window", type=float, default=1.0)
     parser.add_argument(
-        "--pending-seconds", type=float, default=0.5, help="dashscope: task PENDING this long"
+        "--pending-seconds", type=float, default=0.5, help="dashscope, ark: task PENDING (queued) this long"
     )
     parser.add_argument(
-        "--running-seconds", type=float, default=1.0, help="dashscope: then RUNNING this long"
+        "--running-seconds", type=float, default=1.0, help="dashscope, ark: then RUNNING this long"
     )
     parser.add_argument("--fail-downloads", type=int, default=0, help="dashscope: the first N downloads fail")
+    parser.add_argument(
+        "--access-key-id", default="LTAI-test", help="quanmiao, oss: the AccessKey id accepted"
+    )
+    parser.add_argument(
+        "--access-key-secret", default="secret-test-0123456789", help="quanmiao: the secret it signs with"
+    )
+    parser.add_argument("--workspace", default="llm-test", help="quanmiao: the Bailian workspace id")
+    parser.add_argument("--bucket", default="dropflow-test", help="oss: the bucket's name")
     args = parser.parse_args(argv)
 
     kwargs: dict[str, Any] = {
@@ -40,8 +48,17 @@ def main(argv: list[str] | None = None) -> int:
         "host": args.host,
         "port": args.port,
     }
-    if args.kind == "dashscope":
+    if args.kind in ("dashscope", "ark"):
         kwargs.update(pending_seconds=args.pending_seconds, running_seconds=args.running_seconds)
+    if args.kind == "quanmiao":
+        kwargs.update(
+            pending_seconds=args.pending_seconds,
+            running_seconds=args.running_seconds,
+            access_keys={args.access_key_id: args.access_key_secret},
+            workspace=args.workspace,
+        )
+    if args.kind == "oss":
+        kwargs.update(bucket=args.bucket, access_key_id=args.access_key_id)
     server = FAKES[args.kind](**kwargs)
     stop = threading.Event()
     # handlers only set the flag; the main thread does the shutdown

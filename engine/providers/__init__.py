@@ -1,4 +1,5 @@
-"""Vision and video-generation providers: dashscope, openai-compatible, anthropic, offline.
+"""Vision and video-generation providers: dashscope, openai-compatible, anthropic, ark (video
+generation), offline.
 
 The daemon creates each provider once (`ProviderPool`) and shares it between jobs, so the rate
 limiter of a provider is shared too. Remote provider modules are imported on first use: the
@@ -14,8 +15,10 @@ from dropflow.daemon.core.config import Providers
 from dropflow.engine.errors import ConfigError
 from dropflow.engine.providers.base import ModelLimits, VideoGenProvider, VisionProvider
 
-VISION_PROVIDERS = ("offline", "dashscope", "openai", "anthropic")
-VIDEOGEN_PROVIDERS = ("offline", "dashscope")
+# "bailian" analyses whole videos (the annotate engine's mode: bailian), not chat turns; no route
+# names it (config's ProviderName leaves it out)
+VISION_PROVIDERS = ("offline", "dashscope", "openai", "anthropic", "bailian")
+VIDEOGEN_PROVIDERS = ("offline", "dashscope", "ark")
 
 OFFLINE_ANNOUNCEMENT = (
     "no DashScope key (DASHSCOPE_API_KEY): using the offline provider"
@@ -86,6 +89,10 @@ def build_vision(name: str, providers: Providers, *, state_dir: Path) -> VisionP
         from dropflow.engine.providers.anthropic import AnthropicVision
 
         return AnthropicVision(providers.anthropic)
+    if name == "bailian":
+        from dropflow.engine.providers.bailian import BailianAnalysis
+
+        return BailianAnalysis(providers.bailian)
     from dropflow.engine.providers.offline import OfflineVision
 
     return OfflineVision(providers.offline)
@@ -94,13 +101,18 @@ def build_vision(name: str, providers: Providers, *, state_dir: Path) -> VisionP
 def build_videogen(name: str, providers: Providers, *, state_dir: Path) -> VideoGenProvider:
     """A video-generation provider by name; offline videos are cached under ``state_dir/offline-videos``.
 
-    Raises AuthError when dashscope has no key, ConfigError for a provider that cannot make videos.
+    Raises AuthError when dashscope or ark has no key, ConfigError for a provider that cannot make
+    videos.
     """
     name = _resolve(name, providers, VIDEOGEN_PROVIDERS, "video generation")
     if name == "dashscope":
         from dropflow.engine.providers.dashscope import DashScopeVideoGen
 
         return DashScopeVideoGen(providers.dashscope)
+    if name == "ark":
+        from dropflow.engine.providers.ark import ArkVideoGen
+
+        return ArkVideoGen(providers.ark)
     from dropflow.engine.providers.offline import OfflineVideoGen
 
     return OfflineVideoGen(providers.offline, cache_dir=state_dir / "offline-videos")

@@ -166,6 +166,12 @@ class VideoGenRequest:
     duration: int | None = None
     seed: int | None = None
     prompt_extend: bool | None = None
+    # models that take them (seedance): a last frame (a local path or a URL, like `image`), the
+    # aspect ratio ("16:9", "adaptive"), a fixed camera and a watermark
+    last_image: str | None = None
+    ratio: str | None = None
+    camera_fixed: bool | None = None
+    watermark: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,9 @@ class VideoGenProvider(Protocol):
 
     name: ClassVar[str]
     offline: ClassVar[bool]
+    # the models it runs, for the engine's per-model checks: "wan" (DashScope, and the offline
+    # stand-in) or "seedance" (Volcengine Ark)
+    model_family: ClassVar[str]
 
     async def prepare(self, request: VideoGenRequest) -> VideoGenRequest:
         """Do everything that creates no task (upload a local image); `submit` of the result is

@@ -26,6 +26,7 @@ KEY_ENV = {
     "dashscope": "DASHSCOPE_API_KEY",
     "openai": "OPENAI_API_KEY",
     "anthropic": "ANTHROPIC_API_KEY",
+    "ark": "ARK_API_KEY",
 }
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})

@@ -175,6 +175,7 @@ class DashScopeVideoGen(_DashScopeClient):
 
     name: ClassVar[str] = PROVIDER
     offline: ClassVar[bool] = False
+    model_family: ClassVar[str] = "wan"
 
     def _upload(self, model: str, path: Path) -> str:
         """The SDK's two-step upload (policy, then a form POST to OSS); returns ``oss://key``. Blocking."""

@@ -111,6 +111,7 @@ class OfflineVideoGen:
 
     name: ClassVar[str] = "offline"
     offline: ClassVar[bool] = True
+    model_family: ClassVar[str] = "wan"  # stands in for DashScope's wan models
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dropflow.engine import files
@@ -109,9 +110,18 @@ def download_with_retries(
 
 
 def url_expires_at(url: str) -> float | None:
-    """The epoch second a signed OSS URL stops working (its ``Expires`` parameter), if it says."""
-    values = urllib.parse.parse_qs(urllib.parse.urlparse(url).query).get("Expires")
+    """The epoch second a signed URL stops working, if it says: an OSS URL's ``Expires`` (epoch
+    seconds; DashScope), or a V4-style URL's ``X-Tos-Date`` + ``X-Tos-Expires`` (Volcengine TOS,
+    Ark's videos) or ``X-Amz-Date`` + ``X-Amz-Expires`` (seconds after the signing time)."""
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(url).query)
     try:
-        return float(values[0]) if values else None
+        if values := query.get("Expires"):
+            return float(values[0])
+        for prefix in ("X-Tos-", "X-Amz-"):
+            signed, valid = query.get(prefix + "Date"), query.get(prefix + "Expires")
+            if signed and valid:
+                at = datetime.strptime(signed[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+                return at.timestamp() + float(valid[0])
     except ValueError:
         return None
+    return None

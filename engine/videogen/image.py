@@ -1,6 +1,7 @@
 """The first frame of an image-to-video job, made fit for the model once and kept with the job.
 
-wan i2v models take images of 360-2000 px per side and at most 10 MB. A phone photo (4032x3024,
+wan i2v models take images of 360-2000 px per side and at most 10 MB; seedance models 300-6000 px,
+width/height within 0.4-2.5 (sent inline, kept to 10 MB by dropflow). A phone photo (4032x3024,
 often stored sideways with an EXIF rotation) or a 4K render is turned upright and shrunk, aspect
 kept, before it is uploaded; an image too small fails at once, naming its size and the limit.
 
@@ -83,6 +84,15 @@ def prepare_image(src: Path, dest_dir: Path, limits: ImageLimits, model: str) ->
             f"{src.name} is {w}x{h} px; {model} takes images of {lo}-{hi} px per side, and shrunk to "
             f"{hi} px its short side would be {min(nw, nh)} px",
             hint=f"crop {src.name} to a less elongated shape (at most {hi}:{lo})",
+        )
+    aspect = w / h
+    if (limits.min_aspect is not None and aspect < limits.min_aspect) or (
+        limits.max_aspect is not None and aspect > limits.max_aspect
+    ):
+        raise InputError(
+            f"{src.name} is {w}x{h} px (width/height {aspect:.2f}); {model} takes images whose "
+            f"width/height is within {limits.min_aspect}-{limits.max_aspect}",
+            hint=f"crop {src.name} to a less elongated shape",
         )
     dest_dir.mkdir(parents=True, exist_ok=True)
     fits = scale == 1.0 and not rotated and not alpha and size_on_disk <= limits.max_bytes

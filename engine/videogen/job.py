@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from dropflow.daemon.core.config import validation_error
 from dropflow.engine.errors import InputError
@@ -37,6 +37,7 @@ NO_PROMPT = "has no prompt"  # in the error of an image dropped alone; its sidec
 
 _SIZE_RE = re.compile(r"^(\d{2,5})\s*[*xX×]\s*(\d{2,5})$")
 _RESOLUTION_RE = re.compile(r"^(\d{3,4})[pP]$")
+_RATIO_RE = re.compile(r"^(\d{1,2})\s*:\s*(\d{1,2})$")
 
 
 def normalize_size(value: str | None) -> str | None:
@@ -59,9 +60,30 @@ def normalize_resolution(value: str | None) -> str | None:
     return f"{m.group(1)}P"
 
 
-# size / resolution as DashScope spells them, however the user wrote them
+def normalize_ratio(value: str | None) -> str | None:
+    """``16:9`` / ``16 : 9`` -> ``16:9``; ``Adaptive`` -> ``adaptive``. Raises ValueError."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text.lower() == "adaptive":
+        return "adaptive"
+    m = _RATIO_RE.match(text)
+    if m is None:
+        raise ValueError("must be like 16:9, 4:3, 1:1, 3:4, 9:16, 21:9, or adaptive")
+    return f"{m.group(1)}:{m.group(2)}"
+
+
+def _sexagesimal(value: Any) -> Any:
+    """YAML 1.1 reads an unquoted ``16:9`` as the base-60 number 969: give the ratio back."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 60:
+        return f"{value // 60}:{value % 60}"
+    return value
+
+
+# size / resolution as DashScope spells them, however the user wrote them; a ratio as Ark does
 Size = Annotated[str | None, AfterValidator(normalize_size)]
 Resolution = Annotated[str | None, AfterValidator(normalize_resolution)]
+Ratio = Annotated[str | None, BeforeValidator(_sexagesimal), AfterValidator(normalize_ratio)]
 
 
 class JobFile(BaseModel):
@@ -75,11 +97,19 @@ class JobFile(BaseModel):
     image: str | None = Field(
         None, description="First frame: a path (relative to the job file) or an http(s)/oss URL."
     )
-    model: str | None = Field(None, description="A wan model; the route's t2v / i2v model when empty.")
-    size: Size = Field(
-        None, description="Text-to-video size, WIDTH*HEIGHT, e.g. 832*480 (one the model makes)."
+    last_image: str | None = Field(
+        None, description="Seedance: last frame, as `image` (models that take one)."
     )
-    resolution: Resolution = Field(None, description="Image-to-video resolution: 480P, 720P, 1080P.")
+    model: str | None = Field(None, description="A model; the route's t2v / i2v model when empty.")
+    size: Size = Field(
+        None, description="wan text-to-video size, WIDTH*HEIGHT, e.g. 832*480 (one the model makes)."
+    )
+    resolution: Resolution = Field(
+        None, description="480P, 720P, 1080P: wan image-to-video, or any seedance video."
+    )
+    ratio: Ratio = Field(None, description="Seedance: 16:9, 4:3, 1:1, 3:4, 9:16, 21:9 or adaptive.")
+    camera_fixed: bool | None = Field(None, description="Seedance: keep the camera still.")
+    watermark: bool | None = Field(None, description="Seedance: add the service's watermark.")
     duration: int | None = Field(None, ge=1, le=60, description="Seconds of video.")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Fixed seed for repeatable output.")
     prompt_extend: bool | None = Field(None, description="Let the provider rewrite the prompt.")
@@ -100,6 +130,10 @@ class VideoSpec:
     seed: int | None = None
     prompt_extend: bool | None = None
     job_file: str | None = None  # the job file's name, when there was one
+    last_image: str | None = None  # an absolute local path or a URL (seedance models that take one)
+    ratio: str | None = None
+    camera_fixed: bool | None = None
+    watermark: bool | None = None
 
 
 # --- which files make a unit ------------------------------------------------------------------------
@@ -268,26 +302,36 @@ def check_image(path: Path) -> None:
     load_image(path)
 
 
+def _job_image(path: Path, ref: str | None, key: str) -> str | None:
+    """A job file's image reference: a URL as it is, a local image checked and made absolute."""
+    if not ref:
+        return None
+    if ref.startswith(REMOTE_PREFIXES):
+        return ref
+    local = _local(ref, path.parent)
+    if not local.is_file():
+        raise InputError(
+            f"{path.name}: {key} {ref!r} does not exist (looked for {local})",
+            hint="give a path relative to the job file, an absolute path, or an http(s) URL",
+        )
+    if local.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputError(
+            f"{path.name}: {key} {local.name} is not a {'/'.join(sorted(IMAGE_SUFFIXES))} file",
+            hint="convert the frame to PNG or JPEG",
+        )
+    check_image(local)
+    return str(local)
+
+
 def _from_job_file(path: Path) -> VideoSpec:
     job = load_job_file(path)
-    image: str | None = None
-    if job.image:
-        if job.image.startswith(REMOTE_PREFIXES):
-            image = job.image
-        else:
-            local = _local(job.image, path.parent)
-            if not local.is_file():
-                raise InputError(
-                    f"{path.name}: image {job.image!r} does not exist (looked for {local})",
-                    hint="give a path relative to the job file, an absolute path, or an http(s) URL",
-                )
-            if local.suffix.lower() not in IMAGE_SUFFIXES:
-                raise InputError(
-                    f"{path.name}: image {local.name} is not a {'/'.join(sorted(IMAGE_SUFFIXES))} file",
-                    hint="convert the first frame to PNG or JPEG",
-                )
-            check_image(local)
-            image = str(local)
+    image = _job_image(path, job.image, "image")
+    last_image = _job_image(path, job.last_image, "last_image")
+    if last_image is not None and image is None:
+        raise InputError(
+            f"{path.name} has a last_image but no image (the first frame)",
+            hint="add `image:` with the first frame; a last frame only comes with one",
+        )
     if not job.prompt.strip() and image is None:
         raise InputError(
             f"{path.name} has neither a prompt nor an image", hint="add `prompt: ...` to the job file"
@@ -297,11 +341,12 @@ def _from_job_file(path: Path) -> VideoSpec:
             f"{path.name} sets both size and resolution",
             hint="size (WIDTH*HEIGHT) is for text-to-video, resolution (480P/720P/1080P) for image-to-video",
         )
-    fields: dict[str, Any] = job.model_dump(exclude={"image", "prompt"})
+    fields: dict[str, Any] = job.model_dump(exclude={"image", "prompt", "last_image"})
     return VideoSpec(
         kind="i2v" if image else "t2v",
         prompt=job.prompt.strip(),
         image=image,
+        last_image=last_image,
         job_file=path.name,
         **fields,
     )

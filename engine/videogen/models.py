@@ -32,11 +32,14 @@ TIER_PIXELS = {"480P": 832 * 480, "720P": 1280 * 720, "1080P": 1920 * 1080}
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """What a first frame may be: each side within [min_side, max_side] px, at most max_bytes."""
+    """What a first frame may be: each side within [min_side, max_side] px, at most max_bytes, and
+    width / height within [min_aspect, max_aspect] when the model says (seedance: 0.4-2.5)."""
 
     min_side: int = 360
     max_side: int = 2000
     max_bytes: int = 10 * 1024 * 1024
+    min_aspect: float | None = None
+    max_aspect: float | None = None
 
 
 @dataclass(frozen=True)

@@ -3,18 +3,31 @@ with them into one provider request."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field, model_validator
 
 from dropflow.engine.base import Params
 from dropflow.engine.providers.base import VideoGenRequest
-from dropflow.engine.videogen.job import Resolution, Size, VideoSpec
+from dropflow.engine.videogen.job import Ratio, Resolution, Size, VideoSpec
+
+if TYPE_CHECKING:
+    from dropflow.engine.videogen.catalog import Catalog
 
 
 class VideoGenParams(Params):
     """Route parameters of the video-gen engine (`routes[].params` in config.yaml)."""
 
-    model: str = Field("wan2.2-t2v-plus", description="Text-to-video model.")
-    i2v_model: str = Field("wan2.2-i2v-plus", description="Image-to-video model.")
+    model: str | None = Field(
+        None,
+        description="Text-to-video model; empty: the provider's default (wan2.2-t2v-plus for "
+        "dashscope and offline, doubao-seedance-1-0-lite-t2v-250428 for ark).",
+    )
+    i2v_model: str | None = Field(
+        None,
+        description="Image-to-video model; empty: the provider's default (wan2.2-i2v-plus for "
+        "dashscope and offline, doubao-seedance-1-0-lite-i2v-250428 for ark).",
+    )
     size: Size = Field(
         None,
         description="Text-to-video size WIDTH*HEIGHT, one the model makes; empty: the model's lowest "
@@ -22,9 +35,16 @@ class VideoGenParams(Params):
     )
     resolution: Resolution = Field(
         None,
-        description="Image-to-video resolution (480P/720P/1080P), one the model makes; empty: the "
-        "model's lowest, sent explicitly.",
+        description="Resolution (480P/720P/1080P), one the model makes: image-to-video (wan), or "
+        "any video (seedance); empty: the model's lowest, sent explicitly.",
     )
+    ratio: Ratio = Field(
+        None,
+        description="Seedance: aspect ratio 16:9, 4:3, 1:1, 3:4, 9:16, 21:9 or adaptive; empty: "
+        "16:9 for text-to-video, adaptive (the first frame's) for image-to-video.",
+    )
+    camera_fixed: bool | None = Field(None, description="Seedance: keep the camera still.")
+    watermark: bool | None = Field(None, description="Seedance: add the service's watermark.")
     duration: int | None = Field(
         None, ge=1, le=60, description="Seconds of video, as the model allows; the model's default if empty."
     )
@@ -62,19 +82,34 @@ class VideoGenParams(Params):
         return self
 
 
-def build_request(spec: VideoSpec, p: VideoGenParams) -> VideoGenRequest:
-    """The provider request: what the unit says, the route's params for what it leaves open."""
+def build_request(spec: VideoSpec, p: VideoGenParams, catalog: Catalog | None = None) -> VideoGenRequest:
+    """The provider request: what the unit says, the route's params for what it leaves open, and
+    the model family's default model (`catalog`; wan when None) when neither names one."""
+    if catalog is None:
+        from dropflow.engine.videogen.catalog import WAN
+
+        catalog = WAN
     i2v = spec.kind == "i2v"
-    explicit = spec.size is not None or spec.resolution is not None
+    if catalog.sized:
+        # wan: route defaults give a size only to text-to-video, a resolution only to image-to-video
+        explicit = spec.size is not None or spec.resolution is not None
+        size = spec.size if explicit else (None if i2v else p.size)
+        resolution = spec.resolution if explicit else (p.resolution if i2v else None)
+    else:  # ratio + resolution for every video; a size, from wherever, is refused by the check
+        size = spec.size if spec.size is not None else p.size
+        resolution = spec.resolution if spec.resolution is not None else p.resolution
     return VideoGenRequest(
-        model=spec.model or (p.i2v_model if i2v else p.model),
+        model=spec.model or (p.i2v_model if i2v else p.model) or catalog.default_model(spec.kind),
         prompt=spec.prompt,
         negative_prompt=spec.negative_prompt if spec.negative_prompt is not None else p.negative_prompt,
         image=spec.image,
-        # route defaults: size only for text-to-video, resolution only for image-to-video
-        size=spec.size if explicit else (None if i2v else p.size),
-        resolution=spec.resolution if explicit else (p.resolution if i2v else None),
+        size=size,
+        resolution=resolution,
         duration=spec.duration if spec.duration is not None else p.duration,
         seed=spec.seed if spec.seed is not None else p.seed,
         prompt_extend=spec.prompt_extend if spec.prompt_extend is not None else p.prompt_extend,
+        last_image=spec.last_image,
+        ratio=spec.ratio if spec.ratio is not None else p.ratio,
+        camera_fixed=spec.camera_fixed if spec.camera_fixed is not None else p.camera_fixed,
+        watermark=spec.watermark if spec.watermark is not None else p.watermark,
     )

@@ -23,9 +23,10 @@ from dropflow.daemon.core.jobs import Job
 from dropflow.engine import files
 from dropflow.engine.errors import InputError
 from dropflow.engine.providers.base import VideoGenRequest
+from dropflow.engine.videogen.catalog import catalog_for
 from dropflow.engine.videogen.image import PreparedImage, job_image_dir, prepare_image
 from dropflow.engine.videogen.job import REMOTE_PREFIXES, VideoSpec, read_spec
-from dropflow.engine.videogen.models import ImageLimits, Origin, Trimmed, lookup, resolve, trim_prompts
+from dropflow.engine.videogen.models import ImageLimits, Origin, Trimmed
 from dropflow.engine.videogen.params import build_request
 
 if TYPE_CHECKING:
@@ -37,8 +38,9 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 @dataclass(frozen=True)
 class Plan:
     spec: VideoSpec
-    request: VideoGenRequest  # explicit and checked; `image` is the job's prepared copy
+    request: VideoGenRequest  # explicit and checked; `image` / `last_image` are the job's prepared copies
     image: PreparedImage | None
+    last_image: PreparedImage | None
     cuts: tuple[Trimmed, ...]
     warnings: tuple[str, ...]  # for the user, once per job (see `Run.warn_once`)
 
@@ -47,34 +49,43 @@ async def make_plan(run: Run) -> Plan:
     """Raises InputError: an unreadable or edited unit, a request its model does not take, an image
     that cannot be made fit."""
     spec = await _spec(run)
-    request = build_request(spec, run.p)
-    model = lookup(request.model)
+    catalog = catalog_for(run.provider.model_family)
+    request = build_request(spec, run.p, catalog)
     warnings: list[str] = []
-    cuts: list[Trimmed] = []
-    if model is None:
+    if not catalog.known(request.model):
+        warnings.append(catalog.unknown_warning(request.model))
+    given = frozenset(k for k in _UNIT_KEYS if getattr(spec, k, None) is not None)
+    request, cuts = catalog.check(request, Origin(spec.job_file or run.name, given))
+    for cut in cuts:
+        words = "prompt" if cut.field == "prompt" else "negative prompt"
         warnings.append(
-            f"model {request.model} is not in dropflow's table of wan models: its size, resolution "
-            "and duration are not checked, and what the job leaves open is the service's to choose "
-            "(for wan models that is the most expensive resolution)"
+            f"the {words} is {cut.length:,} characters; {request.model} reads the first {cut.limit:,} "
+            "and the service drops the rest without an error, so dropflow sent only those "
+            "(the record's actual_prompt shows the text used)"
         )
-    else:
-        given = frozenset(k for k in ("size", "resolution", "duration") if getattr(spec, k) is not None)
-        request = resolve(request, model, Origin(spec.job_file or run.name, given))
-        request, found = trim_prompts(request, model)
-        cuts.extend(found)
-        for cut in found:
-            words = "prompt" if cut.field == "prompt" else "negative prompt"
-            warnings.append(
-                f"the {words} is {cut.length:,} characters; {model.name} reads the first {cut.limit:,} "
-                "and the service drops the rest without an error, so dropflow sent only those "
-                "(the record's actual_prompt shows the text used)"
-            )
-    image = None
+    limits = catalog.image_limits(request.model)
+    image = last = None
     if request.image and not request.image.startswith(REMOTE_PREFIXES):
-        limits = model.image if model is not None and model.image is not None else ImageLimits()
         image = await _image(run, Path(request.image), limits, request.model)
         request = replace(request, image=image.path)
-    return Plan(spec, request, image, tuple(cuts), tuple(warnings))
+    if request.last_image and not request.last_image.startswith(REMOTE_PREFIXES):
+        last = await _image(run, Path(request.last_image), limits, request.model, key="last_image")
+        request = replace(request, last_image=last.path)
+    return Plan(spec, request, image, last, tuple(cuts), tuple(warnings))
+
+
+# what a unit may set; an error about one of them names the unit, else the route's params
+_UNIT_KEYS = (
+    "size",
+    "resolution",
+    "duration",
+    "ratio",
+    "negative_prompt",
+    "prompt_extend",
+    "camera_fixed",
+    "watermark",
+    "last_image",
+)
 
 
 # --- the unit, read once ------------------------------------------------------------------------------
@@ -138,9 +149,12 @@ async def _edited(run: Run) -> InputError:
 # --- the first frame, prepared once -------------------------------------------------------------------
 
 
-async def _image(run: Run, source: Path, limits: ImageLimits, model: str) -> PreparedImage:
-    """The job's copy of its first frame: the one kept from an earlier run, else made now."""
-    kept = run.cp.get("image")
+async def _image(
+    run: Run, source: Path, limits: ImageLimits, model: str, *, key: str = "image"
+) -> PreparedImage:
+    """The job's copy of its first (`key` "image") or last ("last_image") frame: the one kept
+    from an earlier run, else made now."""
+    kept = run.cp.get(key)
     earlier = PreparedImage.from_dict(kept) if isinstance(kept, dict) else None
     if earlier is None and any(source.is_relative_to(r) for r in run.ctx.read_roots):  # source is absolute
         # a job file may name an image anywhere (documented), but one in the inbox that is a link

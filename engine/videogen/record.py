@@ -26,6 +26,18 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{max(1, round(n / 1e3))} KB"
 
 
+_SEEDANCE_KEYS = ("ratio", "camera_fixed", "watermark")
+
+
+def _sent(image: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "width": image.get("width"),
+        "height": image.get("height"),
+        "bytes": image.get("bytes"),
+        "resized_from": "{}x{}".format(*image["original"]) if image.get("reencoded") else None,
+    }
+
+
 def _image_label(image: str | None) -> str | None:
     """A local image by its name (paths stay private), a URL as it is."""
     if not image:
@@ -56,7 +68,11 @@ async def finish(run: Run, video: Path, task: dict[str, Any]) -> Done:
         "actual_prompt": task.get("actual_prompt") or sent,
         "negative_prompt": request.get("negative_prompt", ""),
         "image": _image_label(image.get("source") or request.get("image")),
-        "params": {k: request.get(k) for k in ("size", "resolution", "duration", "seed", "prompt_extend")},
+        "params": {
+            **{k: request.get(k) for k in ("size", "resolution", "duration", "seed", "prompt_extend")},
+            # the seedance options, where the request had them
+            **{k: request[k] for k in _SEEDANCE_KEYS if request.get(k) is not None},
+        },
         "usage": {k: v for k, v in usage.items() if k != "offline"},
         "times": {
             "submitted": iso(run.cp.get("submitted_at")),
@@ -74,12 +90,12 @@ async def finish(run: Run, video: Path, task: dict[str, Any]) -> Done:
     if run.cp.get("trimmed"):
         record["prompt_truncated"] = run.cp["trimmed"]
     if image:
-        record["image_sent"] = {
-            "width": image.get("width"),
-            "height": image.get("height"),
-            "bytes": image.get("bytes"),
-            "resized_from": "{}x{}".format(*image["original"]) if image.get("reencoded") else None,
-        }
+        record["image_sent"] = _sent(image)
+    last = run.cp.get("last_image") or {}
+    if last or request.get("last_image"):
+        record["last_image"] = _image_label(last.get("source") or request.get("last_image"))
+    if last:
+        record["last_image_sent"] = _sent(last)
     meta = await asyncio.to_thread(files.write_json, video.with_suffix(".json"), record)
     usage = {**usage, "offline": record["offline"]}
     # the job's copy of its first frame is not needed any more (a failed job keeps it for a retry)

@@ -35,10 +35,10 @@ from dropflow.daemon.core.jobs import Job
 from dropflow.engine.base import JobContext, Result, Wait
 from dropflow.engine.errors import DropflowError, JobCancelled, PermanentError, RetryableError
 from dropflow.engine.providers.base import VideoGenProvider, VideoGenRequest
+from dropflow.engine.videogen.catalog import Catalog, catalog_for
 from dropflow.engine.videogen.deliver import TASK_VALIDITY, deliver
 from dropflow.engine.videogen.params import VideoGenParams
 from dropflow.engine.videogen.submit import submit
-from dropflow.engine.videogen.usage import paid_usage
 
 if TYPE_CHECKING:
     from dropflow.engine.videogen.engine import VideoGenEngine
@@ -65,6 +65,7 @@ class Run:
         self.ctx = ctx
         self.p = params
         self.provider = provider
+        self.catalog: Catalog = catalog_for(provider.model_family)
         self.cp: dict[str, Any] = dict(job.checkpoint)
         self.name = Path(job.input_path).name
         if not self.cp.get("phase") and job.remote_task_id:
@@ -75,7 +76,7 @@ class Run:
                 submitted_at=job.started_at or time.time(),
                 deadline_from=time.time(),
                 provider=provider.name,
-                model=params.model,
+                model=params.model or "",
             )
 
     @property
@@ -91,7 +92,7 @@ class Run:
         asked = self.cp.get("request")
         if not isinstance(asked, dict):
             return None
-        usage = paid_usage(reported, VideoGenRequest(**asked))
+        usage = self.catalog.paid_usage(reported, VideoGenRequest(**asked))
         usage["offline"] = bool(self.cp.get("offline", self.provider.offline))
         return usage
 

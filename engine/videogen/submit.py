@@ -79,6 +79,7 @@ async def submit(run: Run) -> Result:
             # kept for every later submission of this job: an edited file is another job's
             "spec": dataclasses.asdict(spec),
             "image": plan.image.as_dict() if plan.image else None,
+            "last_image": plan.last_image.as_dict() if plan.last_image else None,
             "request": dataclasses.asdict(request),
             "trimmed": [dataclasses.asdict(c) for c in plan.cuts],
             "warned": True,
@@ -98,17 +99,10 @@ async def submit(run: Run) -> Result:
         gate.release(run.job.id, created=run.cp.get("phase") == "remote")
     if run.ctx.cancel_reason == "cancel":
         raise await run.cancel()
-    message = f"submitted: task {task.task_id} ({request.model}, {_what(request)})"
+    # `832*480, 5 s` / `480P 16:9, 5 s, ~48,600 tokens`: what the task was asked to make (and is billed for)
+    message = f"submitted: task {task.task_id} ({request.model}, {run.catalog.describe(request)})"
     await run.ctx.progress(0.05, message)
     return Wait(run.p.poll_first_seconds, message, usage=run.usage())
-
-
-def _what(request: VideoGenRequest) -> str:
-    """`832*480, 5 s` / `480P`: what the task was asked to make (and is billed for)."""
-    parts = [request.size or request.resolution or "service default"]
-    if request.duration:
-        parts.append(f"{request.duration} s")
-    return ", ".join(parts)
 
 
 async def throttled(run: Run, exc: RetryableError) -> Wait:
@@ -126,7 +120,7 @@ async def throttled(run: Run, exc: RetryableError) -> Wait:
         raise PermanentError(
             f"{run.name}: {run.provider.name} refused every submission for "
             f"{run.p.deadline_minutes:g} min ({exc.code or 429}: {exc.message}); no task was made",
-            hint="the account's task slots or quota are taken: check the DashScope console, "
+            hint=f"the account's task slots or quota are taken: check the {run.provider.name} console, "
             f"then `dropflow retry {run.job.id}`; params.deadline_minutes sets how long to wait",
             provider=run.provider.name,
             code=exc.code,

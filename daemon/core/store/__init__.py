@@ -1,6 +1,10 @@
-"""The SQLite job store (WAL, busy_timeout, versioned migrations), split by concern."""
+"""The job store: SQLite (embedded default) or PostgreSQL (shared by several daemons), one interface.
 
-from dropflow.daemon.core.store.connection import owner_alive, owner_id
-from dropflow.daemon.core.store.sqlite import Store, with_store
+`Store.open(cfg.database)` picks the database from the config; `PgStore` loads only for a URL.
+"""
 
-__all__ = ["Store", "owner_alive", "owner_id", "with_store"]
+from dropflow.daemon.core.store.owners import owner_alive, owner_id
+from dropflow.daemon.core.store.sqlite import SqliteStore
+from dropflow.daemon.core.store.store import Store, is_database_url, with_store
+
+__all__ = ["SqliteStore", "Store", "is_database_url", "owner_alive", "owner_id", "with_store"]

@@ -10,30 +10,30 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-import aiosqlite
-
 from dropflow.daemon.core.jobs import Job, StoreError
-from dropflow.daemon.core.store.connection import owner_alive
+from dropflow.daemon.core.store.db import Db
 from dropflow.daemon.core.store.jobs import job_from_row
+from dropflow.daemon.core.store.owners import owner_alive
+
+# a running job gives back the attempt its claim took (MAX(a, b) is SQLite's, GREATEST PostgreSQL's)
+_GIVE_BACK_ATTEMPT = "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
 
 
-def claim_query(now: float, excluded: Sequence[str], limit: int) -> tuple[str, list[Any]]:
-    """The claim's candidates: due jobs of engines not `excluded`, in claim order.
-
-    INDEXED BY: with no ANALYZE statistics (the daemon never runs it) SQLite prefers
-    jobs_status_id and reads and sorts every queued row on each claim, a cost that grows with the
-    queue (14 ms a claim at 100,000 queued). jobs_ready is in claim order, so the claim stops at
-    its LIMIT; a query shape that could not use it fails loudly instead of slowing down.
-    """
+def claim_query(
+    now: float, excluded: Sequence[str], limit: int, *, hint: str = "", lock: str = ""
+) -> tuple[str, list[Any]]:
+    """The claim's candidates: due jobs of engines not `excluded`, in claim order (the order of
+    the jobs_ready index). `hint` follows the table name (SQLite's index choice); `lock` ends the
+    query (PostgreSQL's row locks)."""
     sql = (
-        "SELECT id, engine FROM jobs INDEXED BY jobs_ready WHERE status IN ('queued','waiting')"
+        f"SELECT id, engine FROM jobs{hint} WHERE status IN ('queued','waiting')"
         " AND (next_attempt_at IS NULL OR next_attempt_at <= ? OR control = 'cancel')"
     )
     args: list[Any] = [now]
     if excluded:
         sql += f" AND engine NOT IN ({','.join('?' * len(excluded))})"
         args += excluded
-    sql += " ORDER BY priority DESC, id LIMIT ?"
+    sql += " ORDER BY priority DESC, id LIMIT ?" + lock
     args.append(limit)
     return sql, args
 
@@ -41,14 +41,16 @@ def claim_query(now: float, excluded: Sequence[str], limit: int) -> tuple[str, l
 class ClaimsMixin:
     """Claims, leases and the lease-owned outcomes (part of `Store`)."""
 
-    # provided by `_Connection` (connection.py), `JobsMixin` (jobs.py) and `EventsMixin` (events.py);
-    # declared here for mypy
-    db: aiosqlite.Connection
+    # provided by each database's connection (connection.py, pg.py), `JobsMixin` (jobs.py) and
+    # `EventsMixin` (events.py); declared here for mypy
+    db: Db
     if TYPE_CHECKING:
 
         async def get(self, job_id: int) -> Job | None: ...
 
-        def transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
+        def transaction(self) -> AbstractAsyncContextManager[Db]: ...
+
+        def _claim_sql(self, now: float, excluded: Sequence[str], limit: int) -> tuple[str, list[Any]]: ...
 
         async def _event(
             self, job_id: int | None, kind: str, message: str, data: dict[str, Any] | None = None
@@ -68,14 +70,16 @@ class ClaimsMixin:
         """Take up to `slots` due jobs, highest priority first, honouring per-engine free slots.
 
         Jobs with a pending cancel are due at once so that their engine can act on it
-        (e.g. cancel a remote task) before they end.
+        (e.g. cancel a remote task) before they end. The candidates' query is the database's own:
+        SQLite's write lock makes the claim exclusive; PostgreSQL locks the candidate rows and
+        skips those another daemon's claim holds (`FOR UPDATE SKIP LOCKED`).
         """
         if slots <= 0:
             return []
         now = time.time()
         paused = list(paused_engines)
         excluded = [e for e, n in engine_slots.items() if n <= 0] + paused
-        sql, args = claim_query(now, excluded, slots * 4 + 16)
+        sql, args = self._claim_sql(now, excluded, slots * 4 + 16)
         claimed: list[int] = []
         async with self.transaction() as db:
             cur = await db.execute(sql, args)
@@ -132,16 +136,20 @@ class ClaimsMixin:
         """Put back running jobs whose lease expired or whose owner process is gone.
 
         `keep`: the jobs `owner` (the caller) is working on. Any other running row of its own is
-        an orphan once its lease runs out (its runner's last write failed).
+        an orphan once its lease runs out (its runner's last write failed). A process is known to
+        be gone only on this host (`owner_alive`); another host's daemon loses its jobs when their
+        leases run out. Each row goes back only if the owner seen is still the owner: another
+        daemon may have reclaimed and claimed it again in the meantime.
         """
         now = time.time()
         kept = set(keep)
+        reclaimed: list[int] = []
         async with self.transaction() as db:
             cur = await db.execute(
-                "SELECT id, lease_owner, lease_expires_at FROM jobs WHERE status = 'running'"
+                "SELECT id, lease_owner, lease_expires_at FROM jobs WHERE status = 'running' ORDER BY id"
             )
             stale = [
-                int(job_id)
+                (int(job_id), lease_owner or "")
                 for job_id, lease_owner, expires in await cur.fetchall()
                 if job_id not in kept
                 and (
@@ -149,14 +157,17 @@ class ClaimsMixin:
                     or (lease_owner != owner and not owner_alive(lease_owner or ""))
                 )
             ]
-            for job_id in stale:
-                await db.execute(
+            for job_id, lease_owner in stale:
+                cur = await db.execute(
                     "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,"
-                    " next_attempt_at = NULL, updated_at = ? WHERE id = ?",
-                    (now, job_id),
+                    " next_attempt_at = NULL, updated_at = ?"
+                    " WHERE id = ? AND status = 'running' AND COALESCE(lease_owner, '') = ?",
+                    (now, job_id, lease_owner),
                 )
-                await self._event(job_id, "state", "reclaimed after its runner stopped (lease expired)")
-        return stale
+                if cur.rowcount == 1:
+                    reclaimed.append(job_id)
+                    await self._event(job_id, "state", "reclaimed after its runner stopped (lease expired)")
+        return reclaimed
 
     # --- the runner's writes (all fenced by lease owner) --------------------------------------------
 
@@ -312,8 +323,10 @@ class ClaimsMixin:
             return await self._owned_update(
                 job_id,
                 owner,
-                "status = 'waiting', next_attempt_at = ?, progress_message = ?, attempts = MAX(attempts - 1, 0),"
-                " lease_owner = NULL, lease_expires_at = NULL" + extra,
+                "status = 'waiting', next_attempt_at = ?, progress_message = ?, "
+                + _GIVE_BACK_ATTEMPT
+                + ", lease_owner = NULL, lease_expires_at = NULL"
+                + extra,
                 args,
             )
 
@@ -325,8 +338,9 @@ class ClaimsMixin:
             ok = await self._owned_update(
                 job_id,
                 owner,
-                "status = ?, attempts = MAX(attempts - 1, 0), lease_owner = NULL, lease_expires_at = NULL,"
-                " control = NULL",
+                "status = ?, "
+                + _GIVE_BACK_ATTEMPT
+                + ", lease_owner = NULL, lease_expires_at = NULL, control = NULL",
                 (to,),
             )
             if ok:

@@ -1,66 +1,47 @@
-"""Opening the store's database: one aiosqlite connection, WAL, busy_timeout, migrations, and
-the `BEGIN IMMEDIATE` transactions every write of the other parts of `Store` runs in.
-
-Also the lease owner names (`owner_id`, `owner_alive`) that claims are fenced by.
+"""Opening the SQLite database: one aiosqlite connection, WAL, busy_timeout, migrations, the
+`BEGIN IMMEDIATE` transactions every write of the other parts of `Store` runs in, and what
+SQLite does its own way (the claim's query, id allocation, the change poll).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import aiosqlite
 
+from dropflow.daemon.core.store.claims import claim_query
+from dropflow.daemon.core.store.db import Db
+from dropflow.daemon.core.store.jobs import INSERT_JOB
 from dropflow.daemon.core.store.migrations import MIGRATIONS
+from dropflow.daemon.core.store.owners import owner_alive, owner_id
+
+__all__ = ["owner_alive", "owner_id"]  # their old home
 
 BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another process's write lock
 
 
-def owner_id() -> str:
-    """This process's lease owner name: host, pid and a start stamp (pids are reused)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{int(time.time() * 1000) % 10**9}"
-
-
-def owner_alive(owner: str) -> bool:
-    """False only when the owner ran on this host and its pid is gone; other hosts wait for expiry."""
-    try:
-        host, pid_s, _ = owner.split(":", 2)
-        pid = int(pid_s)
-    except ValueError:
-        return True
-    if host != socket.gethostname():
-        return True
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class _Connection:
-    """The connection and its transactions; the base every other part of `Store` builds on."""
+    """The SQLite connection and its transactions (the first base of `SqliteStore`)."""
 
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        self.db = db
+        self.conn = db
+        self.db: Db = db  # the shape the store's parts use
         self.path = path
         # One connection is shared by every task of the process: without this lock a second
         # task's BEGIN would land inside the first one's transaction.
         self._write_lock = asyncio.Lock()
+        self._seen_version: int | None = None  # wait_for_change's last look
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, path: Path, *, readonly: bool = False) -> AsyncIterator[Self]:
+    async def connect(cls, path: Path, *, readonly: bool = False) -> AsyncIterator[Self]:
         path.parent.mkdir(parents=True, exist_ok=True)
         # The database holds prompts, paths and provider replies: owner-only from the first byte.
         old = os.umask(0o077)
@@ -95,15 +76,15 @@ class _Connection:
         async with self._write_lock:
             try:
                 await self._begin_immediate()
-                yield self.db
+                yield self.conn
             except BaseException:
                 # A cancelled await does not cancel the statement: aiosqlite's thread still runs
                 # it (even the BEGIN). rollback() is queued behind it and is a no-op when no
                 # transaction is open; shielded, so a second cancel cannot leave one dangling.
-                await asyncio.shield(self.db.rollback())
+                await asyncio.shield(self.conn.rollback())
                 raise
             else:
-                await self.db.execute("COMMIT")
+                await self.conn.execute("COMMIT")
 
     async def _begin_immediate(self) -> None:
         """BEGIN IMMEDIATE, waiting out the refusals that busy_timeout does not cover.
@@ -118,7 +99,7 @@ class _Connection:
         pause = 0.002
         while True:
             try:
-                await self.db.execute("BEGIN IMMEDIATE")
+                await self.conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
                 busy = getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_BUSY_SNAPSHOT")
@@ -151,6 +132,68 @@ class _Connection:
         cur = await self.db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
         row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    # --- changes ------------------------------------------------------------------------------------
+
+    async def data_version(self) -> int:
+        """Changes whenever another connection commits: a cheap "did anything change?" poll."""
+        cur = await self.db.execute("PRAGMA data_version")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def wait_for_change(self, within: float, *, poll: float = 0.25) -> bool:
+        """SQLite tells no one: read `data_version` every `poll` seconds (O(1), no table read)."""
+        deadline = time.monotonic() + within
+        while True:
+            version = await self.data_version()
+            if self._seen_version is None:
+                self._seen_version = version
+            elif version != self._seen_version:
+                self._seen_version = version
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(poll, left))
+
+    # --- what SQLite does its own way ------------------------------------------------------------------
+
+    def _claim_sql(self, now: float, excluded: Sequence[str], limit: int) -> tuple[str, list[Any]]:
+        """INDEXED BY: with no ANALYZE statistics (the daemon never runs it) SQLite prefers
+        jobs_status_id and reads and sorts every queued row on each claim, a cost that grows with
+        the queue (14 ms a claim at 100,000 queued). jobs_ready is in claim order, so the claim
+        stops at its LIMIT; a query shape that could not use it fails loudly instead of slowing down.
+        The write lock taken by `BEGIN IMMEDIATE` makes the claim exclusive."""
+        return claim_query(now, excluded, limit, hint=" INDEXED BY jobs_ready")
+
+    async def _insert_rows(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[int | None]:
+        """Insert `rows` (see `INSERT_JOB`); each one's new id, None where the dedupe index refused it.
+
+        The write lock is held, so the ids above the largest one before are this batch's: three
+        statements, however many rows (a RETURNING per row would cost a round trip per row).
+        """
+        cur = await db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs")
+        before = int((await cur.fetchone() or (0,))[0])
+        await db.executemany(INSERT_JOB, rows)
+        cur = await db.execute(
+            "SELECT id, route, batch, content_hash, input_path, forced FROM jobs WHERE id > ? ORDER BY id",
+            (before,),
+        )
+        created: dict[tuple[str, str, str, str], int] = {}
+        forced_ids: list[int] = []
+        for r in await cur.fetchall():
+            if r[5]:
+                forced_ids.append(int(r[0]))
+            else:
+                created[(r[1], r[2], r[3], r[4])] = int(r[0])
+        forced_iter = iter(forced_ids)
+        return [
+            next(forced_iter) if row[7] else created.pop((row[1], row[2], row[6], row[4]), None)
+            for row in rows
+        ]
+
+    async def _exclusive(self, db: Db, name: str) -> None:
+        """Nothing to take: `BEGIN IMMEDIATE` already holds the database's only write lock."""
 
 
 async def _enable_wal(db: aiosqlite.Connection) -> None:

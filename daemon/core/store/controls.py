@@ -12,19 +12,18 @@ import time
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-import aiosqlite
-
 from dropflow.daemon.core.jobs import TERMINAL, Job
+from dropflow.daemon.core.store.db import Db
 
 
 class ControlsMixin:
     """Request methods and settings (part of `Store`)."""
 
-    # provided by `_Connection`, `JobsMixin` and `EventsMixin`; declared here for mypy
-    db: aiosqlite.Connection
+    # provided by the database's connection, `JobsMixin` and `EventsMixin`; declared here for mypy
+    db: Db
     if TYPE_CHECKING:
 
-        def transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
+        def transaction(self) -> AbstractAsyncContextManager[Db]: ...
 
         async def get(self, job_id: int) -> Job | None: ...
 

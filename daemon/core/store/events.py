@@ -1,5 +1,4 @@
-"""The store's history and heartbeat: job and daemon events, the `daemons` table, and the
-cheap change counter the TUI polls."""
+"""The store's history and heartbeat: job and daemon events and the `daemons` table."""
 
 from __future__ import annotations
 
@@ -8,19 +7,18 @@ import time
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-import aiosqlite
-
 from dropflow.daemon.core.jobs import Event
+from dropflow.daemon.core.store.db import Db
 
 
 class EventsMixin:
-    """Events, daemons and the data version (part of `Store`)."""
+    """Events and daemons (part of `Store`)."""
 
-    # provided by `_Connection` (connection.py); declared here for mypy
-    db: aiosqlite.Connection
+    # provided by each database's connection (connection.py, pg.py); declared here for mypy
+    db: Db
     if TYPE_CHECKING:
 
-        def transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
+        def transaction(self) -> AbstractAsyncContextManager[Db]: ...
 
     async def events(self, job_id: int | None = None, *, limit: int = 200) -> list[Event]:
         if job_id is None:
@@ -34,12 +32,6 @@ class EventsMixin:
             Event(r["id"], r["job_id"], r["at"], r["kind"], r["message"], json.loads(r["data"]))
             for r in reversed(list(rows))
         ]
-
-    async def data_version(self) -> int:
-        """Changes whenever another connection commits: a cheap "did anything change?" poll."""
-        cur = await self.db.execute("PRAGMA data_version")
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
 
     # --- events and daemons ----------------------------------------------------------------------
 

@@ -9,14 +9,21 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-import aiosqlite
-
 from dropflow.daemon.core.jobs import STATUSES, TERMINAL, InsertResult, Job, NewJob, StoreError
+from dropflow.daemon.core.store.db import Db
 
 _JSON_COLS = {"input_paths", "params", "outputs", "checkpoint", "usage"}
 
+# one row of `insert_jobs`; a row the dedupe index refuses is skipped, not an error
+INSERT_JOB = (
+    "INSERT INTO jobs(engine, route, batch, source, input_path, input_paths, content_hash,"
+    " forced, provider, params, priority, status, max_attempts, error_kind, error_message,"
+    " error_hint, created_at, updated_at, finished_at)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
+)
 
-def job_from_row(row: aiosqlite.Row) -> Job:
+
+def job_from_row(row: Any) -> Job:
     """A `jobs` row as a `Job`, its JSON columns decoded."""
     data = {k: row[k] for k in row.keys()}
     for k in _JSON_COLS:
@@ -28,19 +35,24 @@ def job_from_row(row: aiosqlite.Row) -> Job:
 class JobsMixin:
     """Insert and read jobs (part of `Store`)."""
 
-    # provided by `_Connection` (connection.py); declared here for mypy
-    db: aiosqlite.Connection
+    # provided by each database's connection (connection.py, pg.py); declared here for mypy
+    db: Db
     if TYPE_CHECKING:
 
-        def transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
+        def transaction(self) -> AbstractAsyncContextManager[Db]: ...
+
+        async def _insert_rows(
+            self, db: Db, rows: Sequence[tuple[Any, ...]]
+        ) -> builtins.list[int | None]: ...
 
     # --- inserting --------------------------------------------------------------------------------
 
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> builtins.list[InsertResult]:
         """Insert a batch in one transaction; a job whose (route, batch, hash, params) exists is not added.
 
-        A handful of statements per batch, not per job: intake of ten thousand dropped files
-        must not cost ten thousand round trips to the database thread.
+        A handful of statements (or one pipelined round trip) per batch, not per job: intake of ten
+        thousand dropped files must not cost ten thousand round trips to the database. The unique
+        dedupe index decides what is new, so two daemons offered the same file register it once.
         """
         now = time.time()
         params_json: dict[int, str] = {}  # units of one drop share one params dict: encode it once
@@ -69,31 +81,8 @@ class JobsMixin:
             for j in jobs
         ]
         async with self.transaction() as db:
-            cur = await db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs")
-            before = int((await cur.fetchone() or (0,))[0])
-            await db.executemany(
-                "INSERT INTO jobs(engine, route, batch, source, input_path, input_paths, content_hash,"
-                " forced, provider, params, priority, status, max_attempts, error_kind, error_message,"
-                " error_hint, created_at, updated_at, finished_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-                rows,
-            )
-            cur = await db.execute(
-                "SELECT id, route, batch, content_hash, input_path, forced FROM jobs WHERE id > ? ORDER BY id",
-                (before,),
-            )
-            created: dict[tuple[str, str, str, str], int] = {}
-            forced_ids: builtins.list[int] = []
-            for r in await cur.fetchall():
-                if r[5]:
-                    forced_ids.append(int(r[0]))
-                else:
-                    created[(r[1], r[2], r[3], r[4])] = int(r[0])
-            missing = {
-                j.content_hash
-                for j in jobs
-                if not j.forced and (j.route, j.batch, j.content_hash, j.input_path) not in created
-            }
+            ids = await self._insert_rows(db, rows)
+            missing = {j.content_hash for j, new_id in zip(jobs, ids, strict=True) if new_id is None}
             existing: dict[tuple[str, str, str, str], int] = {}
             hashes = builtins.list(missing)
             for i in range(0, len(hashes), 500):
@@ -107,12 +96,9 @@ class JobsMixin:
             out: builtins.list[InsertResult] = []
             events = []
             status_data = {st: json.dumps({"status": st}) for st in STATUSES}
-            forced_iter = iter(forced_ids)
-            for j in jobs:
-                if j.forced:
-                    job_id, new = next(forced_iter), True
-                elif (key := (j.route, j.batch, j.content_hash, j.input_path)) in created:
-                    job_id, new = created.pop(key), True
+            for j, new_id in zip(jobs, ids, strict=True):
+                if new_id is not None:
+                    job_id, new = new_id, True
                 else:
                     found = existing.get((j.route, j.batch, j.content_hash, params_json[id(j.params)]))
                     if found is None:  # pragma: no cover - the unique index guarantees a row

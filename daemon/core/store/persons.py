@@ -1,4 +1,5 @@
-"""Persons of cluster batches in SQLite: the repository over the daemon's store connection.
+"""Persons of cluster batches: the repository over the daemon's store connection (SQLite or
+PostgreSQL: the SQL here is what both accept).
 
 Implements `dropflow.daemon.core.persons.PersonsRepository`; see there for the tables.
 """
@@ -20,11 +21,12 @@ from dropflow.daemon.core.persons import (
 )
 
 if TYPE_CHECKING:
-    from dropflow.daemon.core.store.sqlite import Store
+    from dropflow.daemon.core.store.store import Store
 
 
 class SqlitePersons:
-    """Reads and writes the cluster tables through the store's connection and write lock."""
+    """Reads and writes the cluster tables through the store's connection and write lock
+    (named for the store it was first written for; it serves both)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -155,6 +157,8 @@ class SqlitePersons:
         now = time.time()
         refs: dict[int, int] = {}
         async with self.store.transaction() as db:
+            # ids are handed out below and inserted in bulk: no other writer may take one meanwhile
+            await self.store._exclusive(db, "cluster_ids")
             cur = await db.execute("SELECT COALESCE(MAX(id), 0) FROM cluster_persons")
             next_person = int((await cur.fetchone() or (0,))[0]) + 1
             new_rows, updates = [], []
