@@ -38,7 +38,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -189,12 +189,7 @@ class DatasetEngine(FileEngine):
         model call, and every store write queues behind those of the other jobs. The record file,
         written right after the answer, is what makes the answer durable.
         """
-        provider = ctx.providers.vision(job.provider)
-        model = p.model or DEFAULT_MODELS.get(provider.name, "")
-        if not model:
-            raise ConfigError(
-                f"no default model for provider {provider.name!r}", hint="set params.model for this dataset"
-            )
+        provider, model = _provider_and_model(job, ctx, p)
         limit = PROVIDER_IMAGE_LIMITS.get(provider.name, ImageLimit(2048, 10 * MB))
         try:
             # one trip to a worker thread for both: each trip queues behind the other jobs' file I/O
@@ -230,27 +225,9 @@ class DatasetEngine(FileEngine):
             width=image.width,
             height=image.height,
             converted=image.converted,
-            provider=answer["provider"],
-            model=answer["model"],
-            offline=bool(answer["offline"]),
-            json_mode=p.json_mode,
-            request_id=answer["request_id"],
-            finish_reason=answer["finish_reason"],
-            usage=dict(ck.get("spent") or {}),
-            calls=int(ck.get("calls") or 1),
-            rejected=list(ck.get("rejected") or []),
-            created=time.time(),
+            **_answered(answer, ck, p, calls=1),
         )
-        try:
-            await asyncio.to_thread(folder.write_item, record, image.data)
-        except OSError as exc:
-            # keep what was paid for: the retry takes the answer from the checkpoint
-            await ctx.save(ck)
-            raise RetryableError(
-                f"dataset {folder.name!r}: cannot write the record of {source} ({exc.strerror or exc})",
-                hint=f"check free space and permissions of {folder.root}; retried automatically",
-                code="DatasetWrite",
-            ) from exc
+        await _write(ctx, ck, folder, source, lambda: folder.write_item(record, image.data))
         return record
 
     async def _describe_video(
@@ -258,12 +235,7 @@ class DatasetEngine(FileEngine):
     ) -> ItemRecord:
         """As `_describe`, for a video: frames sampled and chosen (see `video`), one request through
         the answer cache, then the record, with the video copied into the dataset."""
-        provider = ctx.providers.vision(job.provider)
-        model = p.model or DEFAULT_MODELS.get(provider.name, "")
-        if not model:
-            raise ConfigError(
-                f"no default model for provider {provider.name!r}", hint="set params.model for this dataset"
-            )
+        provider, model = _provider_and_model(job, ctx, p)
         system, questions = await asyncio.to_thread(
             lambda: (
                 prompts.system_prompt(ctx.prompts_dir, p, video=True),
@@ -299,16 +271,7 @@ class DatasetEngine(FileEngine):
             mime=video.mime,
             width=video.width,
             height=video.height,
-            provider=answer["provider"],
-            model=answer["model"],
-            offline=bool(answer["offline"]),
-            json_mode=p.json_mode,
-            request_id=answer["request_id"],
-            finish_reason=answer["finish_reason"],
-            usage=dict(ck.get("spent") or {}),
-            calls=int(ck.get("calls") or (0 if cached else 1)),
-            rejected=list(ck.get("rejected") or []),
-            created=time.time(),
+            **_answered(answer, ck, p, calls=0 if cached else 1),
             video=folder.video_rel(job.content_hash, video.ext),
             duration=round(video.duration, 3),
             fps=round(video.fps, 6),
@@ -316,15 +279,7 @@ class DatasetEngine(FileEngine):
             sampled=video.sampled,
             cached=cached,
         )
-        try:
-            await asyncio.to_thread(folder.write_video_item, record, Path(job.input_path))
-        except OSError as exc:
-            await ctx.save(ck)  # keep what was paid for (it is in the cache too, unless offline)
-            raise RetryableError(
-                f"dataset {folder.name!r}: cannot write the record of {source} ({exc.strerror or exc})",
-                hint=f"check free space and permissions of {folder.root}; retried automatically",
-                code="DatasetWrite",
-            ) from exc
+        await _write(ctx, ck, folder, source, lambda: folder.write_video_item(record, Path(job.input_path)))
         return record
 
     async def _sample(
@@ -487,3 +442,45 @@ class DatasetEngine(FileEngine):
             await coalescer.request(p.formats, options)
         except OSError as write_exc:  # the job's own error is the one to report
             log.error("dataset %s: cannot record the failure of %s: %s", folder.name, source, write_exc)
+
+
+def _provider_and_model(job: Job, ctx: JobContext, p: DatasetParams) -> tuple[VisionProvider, str]:
+    provider = ctx.providers.vision(job.provider)
+    model = p.model or DEFAULT_MODELS.get(provider.name, "")
+    if not model:
+        raise ConfigError(
+            f"no default model for provider {provider.name!r}", hint="set params.model for this dataset"
+        )
+    return provider, model
+
+
+def _answered(answer: dict[str, Any], ck: dict[str, Any], p: DatasetParams, *, calls: int) -> dict[str, Any]:
+    """A record's fields that say who answered and what it cost (`calls`: when the checkpoint has none)."""
+    return {
+        "provider": answer["provider"],
+        "model": answer["model"],
+        "offline": bool(answer["offline"]),
+        "json_mode": p.json_mode,
+        "request_id": answer["request_id"],
+        "finish_reason": answer["finish_reason"],
+        "usage": dict(ck.get("spent") or {}),
+        "calls": int(ck.get("calls") or calls),
+        "rejected": list(ck.get("rejected") or []),
+        "created": time.time(),
+    }
+
+
+async def _write(
+    ctx: JobContext, ck: dict[str, Any], folder: DatasetFolder, source: str, write: Callable[[], None]
+) -> None:
+    """Write an item's record (in a thread); on failure keep what was paid for in the checkpoint
+    (a video's answer is in the cache too, unless offline): the retry takes the answer from it."""
+    try:
+        await asyncio.to_thread(write)
+    except OSError as exc:
+        await ctx.save(ck)
+        raise RetryableError(
+            f"dataset {folder.name!r}: cannot write the record of {source} ({exc.strerror or exc})",
+            hint=f"check free space and permissions of {folder.root}; retried automatically",
+            code="DatasetWrite",
+        ) from exc

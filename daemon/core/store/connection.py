@@ -128,11 +128,6 @@ class _Connection:
                 applied.append(version)
         return applied
 
-    async def schema_version(self) -> int:
-        cur = await self.db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
     # --- changes ------------------------------------------------------------------------------------
 
     async def data_version(self) -> int:

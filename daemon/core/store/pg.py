@@ -251,11 +251,6 @@ class _PgConnection:
                     applied.append(version)
         return applied
 
-    async def schema_version(self) -> int:
-        cur = await self.db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
     # --- what PostgreSQL does its own way -----------------------------------------------------------
 
     def _claim_sql(self, now: float, excluded: Sequence[str], limit: int) -> tuple[str, list[Any]]:

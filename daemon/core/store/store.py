@@ -74,7 +74,9 @@ class Store(JobsMixin, ClaimsMixin, ControlsMixin, EventsMixin):
         raise NotImplementedError
 
     async def schema_version(self) -> int:
-        raise NotImplementedError
+        cur = await self.db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def data_version(self) -> int:
         """A number that changes whenever another connection commits."""
