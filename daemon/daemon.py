@@ -87,10 +87,25 @@ def check_engines(engines: Collection[str] | None) -> frozenset[str] | None:
     return frozenset(engines)
 
 
+def check_routes(cfg: Config, routes: Collection[str] | None) -> frozenset[str] | None:
+    """The routes a daemon limited by `--routes` serves (None: all), each one in the config."""
+    if routes is None:
+        return None
+    names = [r.name for r in cfg.routes]
+    unknown = sorted(set(routes) - set(names))
+    if unknown or not routes:
+        raise ConfigError(
+            f"unknown route(s) for --routes: {', '.join(unknown) or '(none given)'}",
+            hint=f"routes in {cfg.source}: {', '.join(names)}",
+        )
+    return frozenset(routes)
+
+
 class Daemon:
     """One daemon. Its role on a shared store: `engines` limits the jobs it claims (a GPU box runs
-    only cluster jobs); `watch=False` makes it a pure worker that never looks at the inbox (other
-    daemons, `dropflow submit` and the TUI queue the jobs)."""
+    only cluster jobs); `routes` limits both the jobs it claims and the inbox folders it takes new
+    files from; `watch=False` makes it a pure worker that never looks at the inbox (other daemons,
+    `dropflow submit` and the TUI queue the jobs)."""
 
     def __init__(
         self,
@@ -98,6 +113,7 @@ class Daemon:
         redact: Redactor,
         *,
         engines: Collection[str] | None = None,
+        routes: Collection[str] | None = None,
         watch: bool = True,
     ) -> None:
         self.cfg = cfg
@@ -105,6 +121,7 @@ class Daemon:
         self.owner = owner_id()
         self.stop = asyncio.Event()
         self.engines = engines
+        self.routes = routes
         self.watch = watch
 
     def request_stop(self) -> None:
@@ -114,6 +131,7 @@ class Daemon:
         cfg = self.cfg
         load_plugins(cfg)
         engines = check_engines(self.engines)
+        routes = check_routes(cfg, self.routes)
         for p in (cfg.paths.inbox, cfg.paths.outputs, cfg.paths.archive, cfg.paths.state):
             p.mkdir(parents=True, exist_ok=True)
         removed = await asyncio.to_thread(files.clean_temp_files, cfg.paths.outputs)
@@ -140,21 +158,22 @@ class Daemon:
                 router = Router(cfg)
                 intake = Intake(cfg, store, router)
                 scheduler = Scheduler(
-                    cfg, store, router, intake, hub, self.owner, self.redact, engines=engines
+                    cfg, store, router, intake, hub, self.owner, self.redact, engines=engines, routes=routes
                 )
                 intake.on_new = scheduler.wake.set
-                watcher = Watcher(cfg.watch, router, intake.accept) if self.watch else None
+                watcher = Watcher(cfg.watch, router, intake.accept, routes=routes) if self.watch else None
                 if watcher is not None:
                     scheduler.on_finished = functools.partial(_forget_folder, watcher)
                     for path in await store.active_inputs():
                         watcher.remember_path(path)
                 log.info(
-                    "dropflow %s %s (outputs %s, database %s)%s",
+                    "dropflow %s %s (outputs %s, database %s)%s%s",
                     __version__,
                     f"watching {cfg.paths.inbox}" if watcher is not None else "not watching the inbox",
                     cfg.paths.outputs,
                     redact_url(cfg.database),
                     f"; running only {', '.join(sorted(engines))} jobs" if engines is not None else "",
+                    f"; serving only routes {', '.join(sorted(routes))}" if routes is not None else "",
                 )
                 try:
                     async with asyncio.TaskGroup() as tg:

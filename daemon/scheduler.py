@@ -83,11 +83,13 @@ class Scheduler:
         redact: Redactor,
         *,
         engines: frozenset[str] | None = None,
+        routes: frozenset[str] | None = None,
     ) -> None:
         self.cfg = cfg
         # a daemon limited to some engines (`--engines`) leaves the others' jobs to other daemons:
         # to the claim they look paused
         self.others = frozenset(registry.names()) - engines if engines is not None else frozenset()
+        self.routes = sorted(routes) if routes is not None else None  # `--routes`: only their jobs
         self.settings = cfg.scheduler
         self.store = store
         self.router = router
@@ -160,6 +162,7 @@ class Scheduler:
             engine_slots=engine_slots,
             lease_seconds=self.settings.lease_seconds,
             paused_engines=paused,
+            routes=self.routes,
         )
         for job in jobs:
             self._start(job)

@@ -155,8 +155,11 @@ class Watcher:
         settings: WatchSettings,
         router: Router,
         on_ready: Callable[[list[Ready]], Awaitable[object]],
+        *,
+        routes: frozenset[str] | None = None,
     ) -> None:
         self.settings = settings
+        self.routes = routes  # a daemon limited by `--routes` leaves the other folders to others
         self.router = router
         self.inbox = router.inbox
         self.gate = SettleGate(settings)
@@ -201,7 +204,7 @@ class Watcher:
             self._offer(*found)
 
     def _offer(self, route: Route, unit: Path) -> None:
-        if unit in self.gate.pending:
+        if unit in self.gate.pending or (self.routes is not None and route.name not in self.routes):
             return
         known = self.known.get(unit)
         if known is not None:

@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         "store run the rest",
     )
     s.add_argument(
+        "--routes",
+        metavar="NAME[,NAME]",
+        help="serve only these routes: take new files from their folders and run their jobs",
+    )
+    s.add_argument(
         "--no-watch",
         dest="watch",
         action="store_false",

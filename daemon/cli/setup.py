@@ -74,12 +74,17 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     )
     try:
         # `up` without a terminal comes here too, with no role flags: the whole daemon
-        names = getattr(args, "engines", None)
-        engines = [e.strip() for e in names.split(",") if e.strip()] if names else None
-        asyncio.run(Daemon(cfg, redact, engines=engines, watch=getattr(args, "watch", True)).run())
+        engines, routes = (_names(getattr(args, flag, None)) for flag in ("engines", "routes"))
+        daemon = Daemon(cfg, redact, engines=engines, routes=routes, watch=getattr(args, "watch", True))
+        asyncio.run(daemon.run())
     except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
         return 130
     return EXIT_OK
+
+
+def _names(flag: str | None) -> list[str] | None:
+    """`--engines a,b` / `--routes a,b` as a list; None when not given."""
+    return [n.strip() for n in flag.split(",") if n.strip()] if flag else None
 
 
 # --- config ----------------------------------------------------------------------------------------

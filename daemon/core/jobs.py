@@ -213,8 +213,10 @@ class JobStore(JobSpawner, TaskRegistry, Protocol):
         engine_slots: dict[str, int],
         lease_seconds: float,
         paused_engines: Iterable[str] = (),
+        routes: Sequence[str] | None = None,
     ) -> list[Job]:
-        """Lease up to `slots` due jobs to `owner`, highest priority first, within each engine's slots."""
+        """Lease up to `slots` due jobs to `owner`, highest priority first, within each engine's slots
+        (of `routes` only, when given)."""
         ...
 
     async def renew_leases(self, owner: str, lease_seconds: float, job_ids: Iterable[int]) -> None:

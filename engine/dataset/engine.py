@@ -471,7 +471,7 @@ def _answered(answer: dict[str, Any], ck: dict[str, Any], p: DatasetParams, *, c
 
 
 async def _write(
-    ctx: JobContext, ck: dict[str, Any], folder: DatasetFolder, source: str, write: Callable[[], None]
+    ctx: JobContext, ck: dict[str, Any], folder: DatasetFolder, source: str, write: Callable[[], object]
 ) -> None:
     """Write an item's record (in a thread); on failure keep what was paid for in the checkpoint
     (a video's answer is in the cache too, unless offline): the retry takes the answer from it."""

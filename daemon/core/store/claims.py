@@ -20,11 +20,17 @@ _GIVE_BACK_ATTEMPT = "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0
 
 
 def claim_query(
-    now: float, excluded: Sequence[str], limit: int, *, hint: str = "", lock: str = ""
+    now: float,
+    excluded: Sequence[str],
+    limit: int,
+    routes: Sequence[str] | None = None,
+    *,
+    hint: str = "",
+    lock: str = "",
 ) -> tuple[str, list[Any]]:
-    """The claim's candidates: due jobs of engines not `excluded`, in claim order (the order of
-    the jobs_ready index). `hint` follows the table name (SQLite's index choice); `lock` ends the
-    query (PostgreSQL's row locks)."""
+    """The claim's candidates: due jobs of engines not `excluded` (and of `routes` only, when
+    given), in claim order (the order of the jobs_ready index). `hint` follows the table name
+    (SQLite's index choice); `lock` ends the query (PostgreSQL's row locks)."""
     sql = (
         f"SELECT id, engine FROM jobs{hint} WHERE status IN ('queued','waiting')"
         " AND (next_attempt_at IS NULL OR next_attempt_at <= ? OR control = 'cancel')"
@@ -33,6 +39,9 @@ def claim_query(
     if excluded:
         sql += f" AND engine NOT IN ({','.join('?' * len(excluded))})"
         args += excluded
+    if routes is not None:
+        sql += f" AND route IN ({','.join('?' * len(routes)) or 'NULL'})"
+        args += routes
     sql += " ORDER BY priority DESC, id LIMIT ?" + lock
     args.append(limit)
     return sql, args
@@ -50,7 +59,9 @@ class ClaimsMixin:
 
         def transaction(self) -> AbstractAsyncContextManager[Db]: ...
 
-        def _claim_sql(self, now: float, excluded: Sequence[str], limit: int) -> tuple[str, list[Any]]: ...
+        def _claim_sql(
+            self, now: float, excluded: Sequence[str], limit: int, routes: Sequence[str] | None
+        ) -> tuple[str, list[Any]]: ...
 
         async def _event(
             self, job_id: int | None, kind: str, message: str, data: dict[str, Any] | None = None
@@ -66,8 +77,10 @@ class ClaimsMixin:
         engine_slots: dict[str, int],
         lease_seconds: float,
         paused_engines: Iterable[str] = (),
+        routes: Sequence[str] | None = None,
     ) -> list[Job]:
-        """Take up to `slots` due jobs, highest priority first, honouring per-engine free slots.
+        """Take up to `slots` due jobs, highest priority first, honouring per-engine free slots
+        (and of `routes` only, when given: a daemon limited by `--routes`).
 
         Jobs with a pending cancel are due at once so that their engine can act on it
         (e.g. cancel a remote task) before they end. The candidates' query is the database's own:
@@ -79,7 +92,7 @@ class ClaimsMixin:
         now = time.time()
         paused = list(paused_engines)
         excluded = [e for e, n in engine_slots.items() if n <= 0] + paused
-        sql, args = self._claim_sql(now, excluded, slots * 4 + 16)
+        sql, args = self._claim_sql(now, excluded, slots * 4 + 16, routes)
         claimed: list[int] = []
         async with self.transaction() as db:
             cur = await db.execute(sql, args)

@@ -253,10 +253,12 @@ class _PgConnection:
 
     # --- what PostgreSQL does its own way -----------------------------------------------------------
 
-    def _claim_sql(self, now: float, excluded: Sequence[str], limit: int) -> tuple[str, list[Any]]:
+    def _claim_sql(
+        self, now: float, excluded: Sequence[str], limit: int, routes: Sequence[str] | None
+    ) -> tuple[str, list[Any]]:
         """Rows another daemon's claim holds are skipped, not waited for; a row claimed and
         committed meanwhile is re-checked against the WHERE (no longer due) and left out."""
-        return claim_query(now, excluded, limit, lock=" FOR UPDATE SKIP LOCKED")
+        return claim_query(now, excluded, limit, routes, lock=" FOR UPDATE SKIP LOCKED")
 
     async def _insert_rows(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[int | None]:
         """One result per row, pipelined: a new row's id, or None where the dedupe index (this

@@ -87,7 +87,9 @@ class Store(JobsMixin, ClaimsMixin, ControlsMixin, EventsMixin):
         True when there was one. `poll`: how often a store without `notifies` looks."""
         raise NotImplementedError
 
-    def _claim_sql(self, now: float, excluded: Sequence[str], limit: int) -> tuple[str, list[Any]]:
+    def _claim_sql(
+        self, now: float, excluded: Sequence[str], limit: int, routes: Sequence[str] | None
+    ) -> tuple[str, list[Any]]:
         raise NotImplementedError
 
     async def _insert_rows(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[int | None]:
