@@ -1,6 +1,6 @@
 """`mode: bailian`: the annotate engine through the real QuanMiao and OSS SDKs against their
 loopback fakes (`engine/fakes/quanmiao.py`, `engine/fakes/oss.py`): upload or `.url` sidecar,
-submit, poll, outputs; restarts; refusals; secrets."""
+submit, poll, outputs; restarts; refusals; cancels; secrets."""
 
 from __future__ import annotations
 
@@ -18,7 +18,14 @@ from dropflow.daemon.core.config import BailianSettings
 from dropflow.daemon.core.jobs import Job
 from dropflow.engine.annotate.engine import AnnotateEngine
 from dropflow.engine.base import Done, JobContext, Wait
-from dropflow.engine.errors import AuthError, ConfigError, InputError, PermanentError, RetryableError
+from dropflow.engine.errors import (
+    AuthError,
+    ConfigError,
+    InputError,
+    JobCancelled,
+    PermanentError,
+    RetryableError,
+)
 from dropflow.engine.fakes import FakeOSS, FakeQuanMiao, Fault
 from dropflow.engine.providers.bailian import BailianAnalysis
 from tests.test_annotate import make_job, project
@@ -89,11 +96,15 @@ class Harness:
         inputs = [video, *(p for p in [video.with_name(video.name + ".url")] if p.exists())]
         return make_job(video, merged, inputs=inputs, **kw)
 
-    async def step(self, job: Job) -> Done | Wait:
-        """One run, as a freshly started daemon would do it (new engine, new provider)."""
+    async def step(self, job: Job, cancel: str | None = None, cancel_on: str = "") -> Done | Wait:
+        """One run, as a freshly started daemon would do it (new engine, new provider).
+
+        `cancel`: the user's request ('cancel' / 'pause'), there from the start, or only once the
+        run reports a progress message starting with `cancel_on` (a request arriving mid-run)."""
 
         async def report(fraction: float, message: str) -> None:
-            pass
+            if cancel_on and message.startswith(cancel_on):
+                ctx.cancel_reason = cancel
 
         async def checkpoint(data: dict[str, Any], remote_task_id: str | None) -> None:
             job.checkpoint = json.loads(json.dumps(data))  # what the store keeps: JSON
@@ -110,6 +121,8 @@ class Harness:
             report=report,
             checkpoint=checkpoint,
         )
+        if not cancel_on:
+            ctx.cancel_reason = cancel
         return await AnnotateEngine().run(job, ctx)
 
     async def until_done(self, job: Job, steps: int = 60) -> Done:
@@ -364,19 +377,80 @@ async def test_an_expired_link_fails_the_task_with_the_reason(
     assert "dropflow retry" in err.value.hint
 
 
+# --- cancel ---------------------------------------------------------------------------------------
+
+
+async def test_a_cancel_while_pending_cancels_the_task_and_bills_nothing(
+    h: Harness, qm: FakeQuanMiao, oss: FakeOSS, clip: Path
+) -> None:
+    qm.pending_seconds = 60
+    job = h.job(h.drop(clip))
+    assert isinstance(await h.step(job), Wait)
+    task_id = job.remote_task_id
+    assert task_id
+    with pytest.raises(JobCancelled, match=r"^paused"):  # a pause leaves the task alone
+        await h.step(job, cancel="pause")
+    assert qm.count("update") == 0
+    with pytest.raises(JobCancelled) as err:
+        await h.step(job, cancel="cancel")
+    assert err.value.message == (
+        f"cancelled; Bailian task {task_id} was cancelled at the service while PENDING (nothing billed)"
+    )
+    assert qm.count("update") == 1 and qm.task(task_id).status == "CANCELED"
+    # the service's own poll says so; it never fetched the video nor made (or billed) a result
+    polled = await BailianAnalysis(h.settings, h.env).fetch(task_id)
+    assert (polled.status, polled.output, polled.usage) == ("CANCELED", {}, {})
+    assert oss.count("get_object") == 0
+    assert job.checkpoint["phase"] == "retired" and "nothing billed" in job.checkpoint["cancelled"]["message"]
+    assert qm.count("submit") == 1
+
+
+async def test_a_cancel_once_running_is_refused_and_says_the_task_may_bill(
+    h: Harness, qm: FakeQuanMiao, clip: Path
+) -> None:
+    qm.pending_seconds, qm.running_seconds = 0.05, 60
+    job = h.job(h.drop(clip))
+    assert isinstance(await h.step(job), Wait)
+    task_id = job.remote_task_id
+    assert task_id
+    await asyncio.sleep(0.1)
+    assert isinstance(await h.step(job), Wait) and job.checkpoint["status"] == "RUNNING"
+    with pytest.raises(JobCancelled) as err:
+        await h.step(job, cancel="cancel")
+    message = err.value.message
+    assert message.startswith(f"cancelled; Bailian task {task_id} could not be cancelled (Bailian would not")
+    assert "task status RUNNING cannot be canceled" in message
+    assert "it may still complete and bill" in message and f"dropflow retry {job.id}" in message
+    assert qm.count("update") == 1 and qm.task(task_id).status == "RUNNING"
+    # `dropflow retry` follows the same task to its end: nothing submitted twice
+    qm.running_seconds = 0
+    done = await h.until_done(job)
+    assert qm.count("submit") == 1 and outputs(done)[0]["bailian"]["task_id"] == task_id
+
+
+@pytest.mark.parametrize("when", ["at the start", "during the upload"])
+async def test_a_cancel_before_the_submission_submits_nothing(
+    h: Harness, qm: FakeQuanMiao, oss: FakeOSS, clip: Path, when: str
+) -> None:
+    job = h.job(h.drop(clip))
+    cancel_on = "uploading" if when == "during the upload" else ""
+    with pytest.raises(JobCancelled, match=r"^cancelled before anything was submitted \(nothing billed\)$"):
+        await h.step(job, cancel="cancel", cancel_on=cancel_on)
+    assert qm.count() == 0 and job.remote_task_id is None
+    assert oss.count("put_object") == (1 if cancel_on else 0)
+
+
+async def test_the_service_refuses_to_cancel_a_task_it_does_not_know(h: Harness, qm: FakeQuanMiao) -> None:
+    with pytest.raises(PermanentError) as err:
+        await BailianAnalysis(h.settings, h.env).cancel("no-such-task")
+    assert err.value.code == "DataNotExists" and qm.count("update") == 1
+
+
 # --- through the daemon ---------------------------------------------------------------------------
 
 
-async def test_through_the_daemon_job_rows_hold_no_secret(
-    tmp_path: Path, qm: FakeQuanMiao, oss: FakeOSS, clip: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
-    from dropflow.daemon.cli import main
-    from dropflow.daemon.core import config as config_mod
-    from tests.conftest import running_daemon
-
-    for k, v in ENV.items():
-        monkeypatch.setenv(k, v)
+def daemon_project(tmp_path: Path, qm: FakeQuanMiao, oss: FakeOSS) -> tuple[Path, Path]:
+    """A project whose `annotate` route runs `mode: bailian` against the fakes: (root, config path)."""
     root = project(tmp_path / "proj")
     path = root / "config.yaml"
     path.write_text(
@@ -398,6 +472,45 @@ routes:
     params: {{mode: bailian, interval: 2, bailian: {{poll_first_seconds: 0.1, poll_max_seconds: 0.2}}}}
 """
     )
+    return root, path
+
+
+async def test_dropflow_cancel_of_a_waiting_job_cancels_its_pending_task(
+    tmp_path: Path, qm: FakeQuanMiao, oss: FakeOSS, clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dropflow.daemon.core import config as config_mod
+    from tests.conftest import running_daemon, wait_for
+
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    qm.pending_seconds = 60
+    root, path = daemon_project(tmp_path, qm, oss)
+    async with running_daemon(config_mod.load(path)) as d:
+        (root / "inbox" / "annotate" / "clip.mp4").write_bytes(clip.read_bytes())
+
+        async def submitted() -> Job | None:
+            jobs = await d.store.list()
+            return jobs[0] if jobs and jobs[0].remote_task_id and jobs[0].status == "waiting" else None
+
+        job = await wait_for(submitted, timeout=30)
+        assert await d.store.cancel(job.id) == "requested"  # what `dropflow cancel N` asks
+        [job] = await d.wait_status(1, ("cancelled", "failed", "succeeded"), timeout=30)
+    assert job.status == "cancelled" and job.remote_task_id
+    assert "cancelled at the service while PENDING (nothing billed)" in job.progress_message
+    assert qm.task(job.remote_task_id).status == "CANCELED" and qm.count("submit") == 1
+
+
+async def test_through_the_daemon_job_rows_hold_no_secret(
+    tmp_path: Path, qm: FakeQuanMiao, oss: FakeOSS, clip: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from dropflow.daemon.cli import main
+    from dropflow.daemon.core import config as config_mod
+    from tests.conftest import running_daemon
+
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    root, path = daemon_project(tmp_path, qm, oss)
     cfg = config_mod.load(path)
     assert SECRET in cfg.secrets()
     async with running_daemon(cfg) as d:

@@ -2,14 +2,14 @@
 
 One job follows one remote task across short runs, waiting between them without a worker:
 
-    run 1   check the video and the params against the service's rules (`bailian_rules.py`),
+    run 1   check the video and the params against the service's rules (`bailian_request.py`),
             before anything is uploaded or paid; get a URL the service can fetch: the
             `<video>.url` sidecar, or an upload to the user's OSS bucket (its object key is saved
             once done, and an object of the same size already there is not uploaded again) and a
             signed URL; write a "submitting" marker, submit, save the task id   -> Wait
     run n   poll: PENDING / RUNNING                                              -> Wait
     run m   SUCCESSED: `<name>.json` / `<name>.txt` from the results in the poll's own reply
-            (nothing to download, so no link can expire first)                  -> Done
+            (nothing to download, so no link can expire first; `bailian_output.py`) -> Done
 
 Never paid twice: the task id is committed (checkpoint + the job's remote task id) before the
 job waits on it; a restarted daemon resumes polling it. A crash inside the create call leaves the
@@ -17,26 +17,27 @@ marker without an id: the job then fails with that explanation instead of submit
 `dropflow retry` submits anew (the `deduplicationId` sent may let the service spot the repeat;
 unconfirmed, so nothing relies on it).
 
-The outputs have the local modes' shape (model, frames, timing, usage; `segments` are the shots,
-`summary` the generated text, `asr` the captions) plus the service's own results under `bailian`.
+A user's cancel after the submission asks the service to cancel the task: one still PENDING ends
+CANCELED and bills nothing; one that started (or ended) is refused, and the job is cancelled
+locally saying the task may still complete and bill (`dropflow retry` follows it again).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hashlib
 import math
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dropflow.engine import files
 from dropflow.engine.annotate.asr import clock
-from dropflow.engine.annotate.output import output_base
+from dropflow.engine.annotate.bailian_output import job_usage, shots, write_outputs
+from dropflow.engine.annotate.bailian_request import check, frame_interval, read_url, request_fields
 from dropflow.engine.annotate.sidecars import URL_SUFFIX, read_sidecars, sidecar
-from dropflow.engine.annotate.templates import find_file, job_templates
+from dropflow.engine.annotate.templates import find_file
 from dropflow.engine.base import Done, JobContext, Result, Wait
 from dropflow.engine.errors import (
     AuthError,
@@ -48,56 +49,12 @@ from dropflow.engine.errors import (
     ProviderError,
     RetryableError,
 )
-from dropflow.engine.media import VIDEO_EXTENSIONS
 from dropflow.engine.providers import bailian_rules as rules
 
 if TYPE_CHECKING:
     from dropflow.daemon.core.jobs import Job
     from dropflow.engine.annotate.params import AnnotateParams
     from dropflow.engine.providers.bailian import AnalysisTask, BailianAnalysis
-
-
-@dataclasses.dataclass(frozen=True)
-class Probe:
-    duration: float
-    width: int
-    height: int
-
-
-def probe(path: Path) -> Probe:
-    """The video's length and size from its container (blocking; no frame is decoded).
-
-    Raises InputError: not a video dropflow can open.
-    """
-    from dropflow.engine.frames import open_video
-
-    src = open_video(path)
-    try:
-        ctx = src.stream.codec_context
-        return Probe(float(src.stated_duration), int(ctx.width or 0), int(ctx.height or 0))
-    finally:
-        src.container.close()
-
-
-def read_url(path: Path) -> str:
-    """The URL in a `.url` sidecar: its first line, or the `URL=` line of a Windows shortcut.
-
-    Raises ConfigError: no http(s) URL in it.
-    """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}", hint="save it as UTF-8 text") from exc
-    for line in text.splitlines():
-        line = line.strip()
-        if line.upper().startswith("URL="):
-            line = line[4:].strip()
-        if line.startswith(rules.URL_SCHEMES):
-            return line
-    raise ConfigError(
-        f"{path.name} holds no http(s) URL",
-        hint="put the video's URL (one the service can fetch) on its first line",
-    )
 
 
 class HostedRun:
@@ -109,6 +66,7 @@ class HostedRun:
         self.job, self.ctx, self.p = job, ctx, params
         self.video = Path(job.input_path)
         self.name = self.video.name
+        self.interval = frame_interval(params)
         self.cp: dict[str, Any] = dict(job.checkpoint)
         provider = ctx.providers.vision("bailian")
         if not isinstance(provider, BailianAnalysis):  # a test's or a plugin's stand-in
@@ -117,10 +75,6 @@ class HostedRun:
         if not self.cp.get("phase") and job.remote_task_id:
             # a task id without engine state (should not happen): follow it rather than pay again
             self.cp.update(phase="remote", task_id=job.remote_task_id, submitted_at=time.time())
-
-    @property
-    def interval(self) -> float:
-        return self.p.interval or 1.0 / self.p.fps
 
     async def save(self, *, remote_task_id: str | None = None) -> None:
         await self.ctx.save(self.cp, remote_task_id=remote_task_id)
@@ -133,121 +87,90 @@ class HostedRun:
     async def run(self) -> Result:
         """Raises InputError / ConfigError (before anything is uploaded or paid), AuthError,
         PermanentError (refused, failed, refused content, unresolved submission), RetryableError,
-        JobCancelled."""
+        JobCancelled (after cancelling the task at the service when it still could be)."""
         if self.ctx.cancel_reason is not None:
-            raise self.cancelled()
+            raise await self.stop()
         self.cp.setdefault("started_at", time.time())
         try:
             if self.cp.get("phase") != "remote":
                 await self.submit()
-                return Wait(
-                    self.p.bailian.poll_first_seconds, f"submitted: task {self.cp['task_id']}", self.usage()
+                result: Result = Wait(
+                    self.p.bailian.poll_first_seconds,
+                    f"submitted: task {self.cp['task_id']}",
+                    job_usage(self.p, self.cp),
                 )
-            return await self.follow()
+            else:
+                result = await self.follow()
         except ProviderError as exc:
             # the SDK layer knows the call, not the file: name it, as every other error of a job does
             if not exc.message.startswith(f"{self.name}: "):
                 exc.message = f"{self.name}: {exc.message}"
                 exc.args = (exc.message,)
             raise
+        if isinstance(result, Wait) and self.ctx.cancel_reason is not None:
+            raise await self.stop()  # asked while this run was under way: act now, not a wait later
+        return result
 
-    def cancelled(self) -> JobCancelled:
-        if self.cp.get("phase") == "remote":
+    # --- cancelling ------------------------------------------------------------------------------
+
+    async def stop(self) -> JobCancelled:
+        """Act on a user's cancel or pause; what it did, as the job's message.
+
+        A pause leaves the task running (resuming follows it again). A cancel asks the service to
+        cancel a submitted task; whatever the answer, the job ends cancelled. Never raises.
+        """
+        reason, phase, task_id = self.ctx.cancel_reason, self.cp.get("phase"), self.cp.get("task_id")
+        if reason != "cancel":
             return JobCancelled(
-                f"{self.ctx.cancel_reason}ed; Bailian task {self.cp.get('task_id')} was already submitted and "
-                "may still complete and bill (the light app offers no cancel for it)"
+                f"{reason}d; a submitted Bailian task runs on, and is followed again on resume"
             )
-        return JobCancelled(f"{self.ctx.cancel_reason}ed before anything was submitted (nothing billed)")
+        if phase == "submitting":
+            message = (
+                "cancelled; an earlier submission was interrupted and its task id never came back: a "
+                "Bailian task may exist and bill (check the Bailian console's task list)"
+            )
+        elif phase != "remote" or not task_id:
+            message = "cancelled before anything was submitted (nothing billed)"
+        else:
+            message = await self.cancel_task(str(task_id))
+        self.cp["cancelled"] = {"at": time.time(), "message": message}
+        with contextlib.suppress(Exception):  # the job ends cancelled even if this record is lost
+            await self.save()
+        return JobCancelled(message)
+
+    async def cancel_task(self, task_id: str) -> str:
+        """Cancel the task at the service; the job's message saying what came of it."""
+        try:
+            await self.service.cancel(task_id)
+        except DropflowError as exc:
+            refused = isinstance(exc, PermanentError) and not isinstance(exc, AuthError)
+            why = (
+                f"Bailian would not cancel it: {exc.message}"
+                if refused
+                else f"the cancel failed: {exc.message}"
+            )
+            message = (
+                f"cancelled; Bailian task {task_id} could not be cancelled ({why}); it may still complete "
+                f"and bill. dropflow stopped following it; `dropflow retry {self.job.id}` follows it again "
+                f"(the service keeps results about {rules.TASK_RESULT_DAYS} days)"
+            )
+            self.ctx.log.warning("job %d: %s", self.job.id, message)
+            return message
+        seen = self.cp.get("status")
+        self.cp.update(phase="retired", status=rules.CANCEL_STATUS)  # a retry submits anew
+        await self.note(f"Bailian task {task_id}: cancelled by dropflow")
+        if seen in rules.CANCELLABLE_STATUSES:
+            return f"cancelled; Bailian task {task_id} was cancelled at the service while {seen} (nothing billed)"
+        # the service took the cancel of a task last seen started: whether that bills is unconfirmed
+        return (
+            f"cancelled; Bailian task {task_id} was cancelled at the service, but it was last seen "
+            f"{seen or 'in an unknown state'}: what it analysed before may bill"
+        )
 
     # --- before the task -------------------------------------------------------------------------
 
-    def check(self) -> Probe:
-        """The video and the params against the service's rules. Blocking (probes the video)."""
-        p, video = self.p, self.video
-        try:
-            size = video.stat().st_size
-        except FileNotFoundError:
-            raise InputError(f"{video} no longer exists", hint="drop the video again") from None
-        if video.suffix.lower() not in VIDEO_EXTENSIONS:
-            raise InputError(f"{self.name} is not a video dropflow reads", hint="convert it to mp4")
-        if size == 0:
-            raise InputError(f"{self.name} is empty (0 bytes)", hint="drop the video again")
-        if size > rules.MAX_VIDEO_BYTES:
-            raise InputError(
-                f"{self.name} is {size / 1024**3:.2f} GB, over the {rules.MAX_VIDEO_BYTES / 1024**3:.0f} GB "
-                "Bailian's video analysis takes from dropflow",
-                hint="split it (e.g. `ffmpeg -i in.mp4 -c copy -f segment -segment_time 600 part%02d.mp4`)",
-            )
-        lo, hi = rules.FRAME_INTERVAL_RANGE
-        if not lo <= self.interval <= hi:
-            raise ConfigError(
-                f"{self.name}: Bailian samples one frame every {lo:g}-{hi:g} s (frameSampleMethod.interval); "
-                f"these params ask for one every {self.interval:g} s",
-                hint=f"set params.interval between {lo:g} and {hi:g} (or fps between {1 / hi:g} and {1 / lo:g})",
-            )
-        plo, phi = rules.FRAME_PIXEL_RANGE
-        if not plo <= p.max_side <= phi:  # the params' own bounds are these today; kept for the table's sake
-            raise ConfigError(
-                f"max_side must be {plo}-{phi} for Bailian", hint=f"set params.max_side in {plo}-{phi}"
-            )
-        if p.language and p.language.strip().lower() not in rules.LANGUAGES:
-            raise ConfigError(
-                f"{self.name}: language {p.language!r} is not one Bailian's video analysis takes",
-                hint=f"use one of: {', '.join(sorted(set(rules.LANGUAGES.values())))}",
-            )
-        found = probe(video)
-        if found.duration > rules.MAX_VIDEO_SECONDS:
-            raise InputError(
-                f"{self.name} runs {clock(found.duration)}, over the {clock(rules.MAX_VIDEO_SECONDS)} "
-                "dropflow sends to Bailian's video analysis",
-                hint="split it into shorter parts",
-            )
-        return found
-
-    def fields(self, probe: Probe, roles_urls: dict[str, list[str]]) -> dict[str, Any]:
-        """The submission as the wire spells it, without the video URL (recorded, so no secret)."""
-        p = self.p
-        templates = job_templates(p, [self.ctx.prompts_dir, self.video.parent])  # segment + summary
-        sidecars = read_sidecars(p, self.video, [Path(x) for x in self.job.input_paths[1:]])
-        out: dict[str, Any] = {
-            "videoModelId": p.model,
-            "modelId": p.summary_model,
-            "frameSampleMethod": {
-                "methodName": rules.FRAME_METHOD,
-                "interval": self.interval,
-                "pixel": p.max_side,
-            },
-            "generateOptions": list(p.bailian.generate_options),
-            "deduplicationId": f"dropflow-{self.job.content_hash[:32]}-{self.job.id}",
-        }
-        if not p.bailian.service_templates:
-            video_template = templates["segment"]
-            if rules.VIDEO_TEMPLATE_VARIABLE not in video_template:
-                raise ConfigError(
-                    f"{p.segment_prompt}: Bailian's video template must contain {rules.VIDEO_TEMPLATE_VARIABLE}",
-                    hint=f"add {rules.VIDEO_TEMPLATE_VARIABLE} where the transcript goes, or set "
-                    "params.bailian.service_templates: true",
-                )
-            out["videoModelCustomPromptTemplate"] = video_template
-            if p.bailian.summary_template_id:
-                out["modelCustomPromptTemplateId"] = p.bailian.summary_template_id
-            else:
-                out["modelCustomPromptTemplate"] = templates["summary"]
-        if sidecars.extra:
-            out["videoExtraInfo"] = sidecars.extra
-        if p.language:
-            out["language"] = rules.LANGUAGES[p.language.strip().lower()]
-        if sidecars.roles:
-            out["videoRoles"] = [
-                {"roleName": r.name, "roleInfo": r.description, "urls": roles_urls.get(r.name, [])}
-                for r in sidecars.roles
-            ]
-        return out
-
     async def video_url(self) -> str:
         """The `.url` sidecar's URL, or the uploaded video's signed URL (uploading it first)."""
-        import asyncio
-
         listed = next((Path(x) for x in self.job.input_paths[1:] if x.endswith(URL_SUFFIX)), None)
         url_file = listed or sidecar(self.video, (URL_SUFFIX,))
         if url_file is not None and url_file.is_file():
@@ -275,8 +198,6 @@ class HostedRun:
 
     async def role_photo_urls(self) -> dict[str, list[str]]:
         """Each role's photo URLs: URLs as given, local photos uploaded once and signed."""
-        import asyncio
-
         out: dict[str, list[str]] = {}
         sidecars = read_sidecars(self.p, self.video, [Path(x) for x in self.job.input_paths[1:]])
         places = [p for p in (sidecars.roles_dir, self.video.parent, self.ctx.prompts_dir) if p is not None]
@@ -309,15 +230,14 @@ class HostedRun:
 
     async def submit(self) -> None:
         """Check, upload, mark "submitting", create the task and save its id."""
-        import asyncio
-
         if self.cp.get("phase") == "submitting" and not self.cp.get("resubmit_ok"):
             raise await self.unresolved("the daemon stopped during the submission")
-        found = await asyncio.to_thread(self.check)  # nothing uploaded or paid before this passes
+        found = await asyncio.to_thread(check, self.video, self.p)  # nothing uploaded or paid before this
         roles_urls = await self.role_photo_urls()
-        request = self.fields(found, roles_urls)
+        request = request_fields(self.job, self.p, self.ctx.prompts_dir, roles_urls)
         url = await self.video_url()
-        self.ctx.check_cancelled()
+        if self.ctx.cancel_reason is not None:  # the last moment a cancel costs nothing
+            raise await self.stop()
         self.cp.update(
             phase="submitting",
             since=time.time(),
@@ -423,7 +343,7 @@ class HostedRun:
         fraction = 0.15 + 0.7 * (1 - math.exp(-elapsed / 300)) if running else 0.1
         message = f"task {task_id} {task.status} ({clock(elapsed)})"
         await self.ctx.progress(fraction, message)
-        return Wait(self.next_delay(), message, self.usage())
+        return Wait(self.next_delay(), message, job_usage(self.p, self.cp))
 
     def deadline(self, task_id: str) -> PermanentError:
         return PermanentError(
@@ -436,241 +356,26 @@ class HostedRun:
 
     # --- the results -----------------------------------------------------------------------------
 
-    def usage(self, task: AnalysisTask | None = None) -> dict[str, Any]:
-        """The job's usage, in the keys the local modes use (so `dropflow job N` shows both alike)."""
-        found = Probe(**self.cp["probe"]) if isinstance(self.cp.get("probe"), dict) else Probe(0.0, 0, 0)
-        frames = rules.frames_billed(found.duration, self.interval) if found.duration else 0
-        out: dict[str, Any] = {
-            "input_tokens": 0,
-            "output_tokens": 0,
-            "image_tokens": 0,
-            "video_tokens": 0,
-            "audio_seconds": 0,
-            "requests": 1 if self.cp.get("task_id") else 0,
-            "cached_answers": 0,
-            "reused_from_other_jobs": 0,
-            "frames_sampled": frames,
-            "frames_sent": frames,
-            "mode": "bailian",
-            "model": self.p.model,
-            "summary_model": self.p.summary_model,
-            "processing_seconds": round(time.time() - float(self.cp.get("started_at", time.time())), 2),
-        }
-        if task is not None:
-            analysis = task.output.get("videoAnalysisResult") or {}
-            a_usage = analysis.get("usage") if isinstance(analysis, dict) else {}
-            out.update(
-                input_tokens=int(task.usage.get("inputTokens", 0) or 0),
-                output_tokens=int(task.usage.get("outputTokens", 0) or 0),
-                image_tokens=int((a_usage or {}).get("imageTokens", 0) or 0),
-                audio_seconds=math.ceil(found.duration) if task.output.get("videoCaptionResult") else 0,
-            )
-        return out
-
     async def finish(self, task: AnalysisTask) -> Done:
-        import asyncio
-
         self.cp.update(phase="done", finished_at=time.time())
-        usage = self.usage(task)
-        outputs = await asyncio.to_thread(self.write, task, usage)
+        usage = job_usage(self.p, self.cp, task)
+        outputs = await asyncio.to_thread(
+            write_outputs,
+            task,
+            usage,
+            job=self.job,
+            p=self.p,
+            cp=self.cp,
+            output_dir=self.ctx.output_dir,
+            workspace_id=self.service.settings.workspace_id,
+        )
         await self.save()
-        shots = len(_shots(task.output))
         return Done(
             outputs,
             usage=usage,
-            message=f"Bailian task {task.task_id}: {shots} shot(s), {usage['frames_sent']} frames at "
-            f"{self.interval:g} s",
+            message=f"Bailian task {task.task_id}: {len(shots(task.output))} shot(s), {usage['frames_sent']} "
+            f"frames at {self.interval:g} s",
         )
-
-    def write(self, task: AnalysisTask, usage: dict[str, Any]) -> list[Path]:
-        """`<name>.json` and `<name>.txt`, in the local modes' shape (blocking)."""
-        p, cp = self.p, self.cp
-        found = Probe(**cp["probe"])
-        output = task.output
-        shots = _shots(output)
-        summary = output.get("videoGenerateResult") or {}
-        captions = (output.get("videoCaptionResult") or {}).get("videoCaptions") or []
-        summary_text = str(summary.get("text") or "")
-        annotation = summary_text or "\n\n".join(
-            f"[{clock(s['start'])}-{clock(s['end'])}]\n{s['text']}" for s in shots
-        )
-        now = datetime.now()
-        elapsed = usage["processing_seconds"]
-        zero = {
-            "input_tokens": 0,
-            "output_tokens": 0,
-            "image_tokens": 0,
-            "video_tokens": 0,
-            "audio_seconds": 0,
-        }
-        doc: dict[str, Any] = {
-            "video": self.name,
-            "model": p.model,
-            "fps": round(1.0 / self.interval, 6),
-            "processing_time": elapsed,
-            "timestamp": now.isoformat(timespec="seconds"),
-            "annotation": annotation,
-            "mode": "bailian",
-            "provider": "bailian",
-            "offline": False,
-            "prompt": "service default" if p.bailian.service_templates else p.segment_prompt,
-            "source": str(self.video),
-            "content_hash": self.job.content_hash,
-            "job_id": self.job.id,
-            "duration": round(found.duration, 3),
-            "width": found.width,
-            "height": found.height,
-            "frames_sampled": usage["frames_sampled"],
-            "frames_sent": usage["frames_sent"],
-            "frames_dropped_as_repeats": 0,
-            "segments": [
-                {
-                    "index": i,
-                    "start": round(s["start"], 3),
-                    "end": round(s["end"], 3),
-                    "frames_sampled": rules.frames_billed(s["end"] - s["start"], self.interval),
-                    "frames_sent": rules.frames_billed(s["end"] - s["start"], self.interval),
-                    "frame_times": [],  # the service samples them; it does not say when
-                    "text": s["text"],
-                    "model": p.model,
-                    "request_id": task.request_id,
-                    "usage": zero,  # billed per task: the total is under usage and bailian.usage
-                    "cached": False,
-                    "complete": True,
-                }
-                for i, s in enumerate(shots)
-            ],
-            "summary": {
-                "text": summary_text,
-                "model": str(summary.get("modelId") or p.summary_model),
-                "request_id": task.request_id,
-                "usage": _usage(summary.get("usage")),
-                "cached": False,
-                "complete": bool(summary.get("generateFinished", True)),
-                "parts": [],
-            }
-            if summary
-            else None,
-            "asr": {
-                "status": "transcribed by the service" if captions else "no captions",
-                "model": "bailian" if captions else None,
-                "chunks": [
-                    {
-                        "start": round(_seconds(c.get("startTime")), 3),
-                        "end": round(_seconds(c.get("endTime")), 3),
-                        "text": str(c.get("text") or ""),
-                        "speaker": str(c.get("speaker") or ""),
-                    }
-                    for c in captions
-                    if isinstance(c, dict)
-                ],
-            },
-            "roles": [r.model_dump() for r in read_sidecars(p, self.video, []).roles],
-            "extra_info": str(cp.get("request", {}).get("videoExtraInfo", "")),
-            "language": p.language,
-            "usage": {
-                k: usage[k]
-                for k in (
-                    "input_tokens",
-                    "output_tokens",
-                    "image_tokens",
-                    "video_tokens",
-                    "audio_seconds",
-                    "requests",
-                    "cached_answers",
-                    "reused_from_other_jobs",
-                )
-            },
-            "request_ids": [x for x in (cp.get("submit_request_id"), task.request_id) if x],
-            "warnings": [],
-            "params": p.model_dump(mode="json"),
-            "bailian": {
-                "task_id": task.task_id,
-                "workspace_id": self.service.settings.workspace_id,
-                "video": cp.get("video_ref"),  # the object, never the signed URL
-                "url_source": cp.get("url_source"),
-                "request": cp.get("request"),
-                "status": task.status,
-                "usage": task.usage,
-                "estimated_cost_cny": _cost(task, p.model, p.summary_model, found.duration),
-                "task_run_info": task.run_info,
-                "results": {k: v for k, v in output.items() if v not in (None, [], {})},
-            },
-        }
-        title = (output.get("videoTitleGenerateResult") or {}).get("text")
-        mind_map = (output.get("videoMindMappingGenerateResult") or {}).get("text")
-        lines = [
-            f"Video: {self.name}",
-            f"Model: {p.model} (Bailian video analysis; summary {p.summary_model})",
-            f"FPS: {round(1.0 / self.interval, 3)}",
-            f"Processing time: {elapsed:.2f} seconds",
-            f"Date: {now:%Y-%m-%d %H:%M:%S}",
-            "",
-        ]
-        if title:
-            lines += ["--- Title ---", str(title).strip(), ""]
-        lines += ["--- Annotation ---", annotation.strip(), "", "--- Segment analysis ---"]
-        for s in shots:
-            lines += [f"[{clock(s['start'])}-{clock(s['end'])}]", s["text"].strip(), ""]
-        if mind_map:
-            lines += ["--- Mind map ---", str(mind_map).strip(), ""]
-        folder = self.ctx.output_dir / self.job.batch if self.job.batch else self.ctx.output_dir
-        base = output_base(folder, self.video.stem, self.job.content_hash)
-        out_json = files.write_json(base.with_name(base.name + ".json"), doc)
-        out_txt = files.write_text(base.with_name(base.name + ".txt"), "\n".join(lines))
-        return [out_json, out_txt]
-
-
-def _seconds(ms: Any) -> float:
-    """The service's times are milliseconds (unconfirmed: the examples show whole numbers)."""
-    try:
-        return float(ms) / 1000.0
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def _shots(output: dict[str, Any]) -> list[dict[str, Any]]:
-    analysis = output.get("videoAnalysisResult") or {}
-    raw = analysis.get("videoShotAnalysisResults") or [] if isinstance(analysis, dict) else []
-    return [
-        {
-            "start": _seconds(s.get("startTime")),
-            "end": _seconds(s.get("endTime")),
-            "text": str(s.get("text") or ""),
-        }
-        for s in raw
-        if isinstance(s, dict)
-    ]
-
-
-def _usage(raw: Any) -> dict[str, int]:
-    raw = raw if isinstance(raw, dict) else {}
-    return {
-        "input_tokens": int(raw.get("inputTokens", 0) or 0),
-        "output_tokens": int(raw.get("outputTokens", 0) or 0),
-        "image_tokens": int(raw.get("imageTokens", 0) or 0),
-        "video_tokens": 0,
-        "audio_seconds": 0,
-    }
-
-
-def _cost(task: AnalysisTask, model: str, summary_model: str, duration: float) -> float | None:
-    """An estimate from list prices (`bailian_rules`, unconfirmed); None for a model not in the table."""
-    analysis = _usage((task.output.get("videoAnalysisResult") or {}).get("usage"))
-    total = _usage(task.usage)
-    text_in = max(0, total["input_tokens"] - analysis["input_tokens"])
-    text_out = max(0, total["output_tokens"] - analysis["output_tokens"])
-    vision, text = (
-        rules.PRICES_PER_MILLION_TOKENS.get(model),
-        rules.PRICES_PER_MILLION_TOKENS.get(summary_model),
-    )
-    if vision is None or text is None:
-        return None
-    cost = (analysis["input_tokens"] * vision[0] + analysis["output_tokens"] * vision[1]) / 1e6
-    cost += (text_in * text[0] + text_out * text[1]) / 1e6
-    if task.output.get("videoCaptionResult"):
-        cost += duration / 60 * rules.ASR_PRICE_PER_MINUTE
-    return round(cost, 4)
 
 
 def _never_created(exc: DropflowError) -> bool:

@@ -16,7 +16,9 @@ Every model call goes through the answer cache (`answer_cache.py`) first: a retr
 a restart after a crash, or the same video dropped again never pays twice for the same request.
 
 `mode: bailian` hands the whole job to Bailian's hosted video analysis instead (`bailian.py`):
-upload (or a `.url` sidecar), submit, then poll between `Wait`s; same outputs.
+upload (or a `.url` sidecar), submit, then poll between `Wait`s, and cancel the task on a user's
+cancel while it is still queued; the request is checked and built in `bailian_request.py`, the
+same outputs are written by `bailian_output.py`.
 
 This module is the engine's face to the daemon; the work lives beside it: `params.py` (the
 parameters), `templates.py` and `sidecars.py` (what a job reads besides the video), `segments.py`,

@@ -5,6 +5,7 @@ Endpoints (ROA, as the SDK sends them):
 
     POST /{workspaceId}/quanmiao/lightapp/videoAnalysis/submitVideoAnalysisTask   (form body)
     GET  /{workspaceId}/quanmiao/lightapp/videoAnalysis/getVideoAnalysisTask?taskId=...
+    PUT  /{workspaceId}/quanmiao/lightapp/videoAnalysis/updateVideoAnalysisTask       (form body)
 
 What it holds callers to:
 
@@ -18,6 +19,9 @@ What it holds callers to:
   that has expired fails the task, as does a video over the size or length caps), and SUCCESSED
   with results built from the video's real duration, or FAILED with the reason. A video marked
   refused (`refuse_content`) ends with header.errorCode ViolationOfSecurityPolicy and no results.
+- a cancel (taskStatus CANCELED, the only change taken) only while the task is PENDING: it then
+  ends CANCELED, is never fetched nor billed, and polls say so; a task that started or ended is
+  refused (200, success false, `CANCEL_REFUSED`), an unknown id gets DataNotExists.
 
 Answers are deterministic placeholders ("fake quanmiao shot 00:00-00:10 ..."); usage follows
 the frames the service would sample (one per interval, ``frame_tokens`` each) and the text.
@@ -99,6 +103,11 @@ class FakeQuanMiao(FakeServer):
         with self._lock:
             return [t.fields for t in self.tasks.values()]
 
+    def task(self, task_id: str) -> Task:
+        """The task as the service holds it (KeyError: never submitted)."""
+        with self._lock:
+            return self.tasks[task_id]
+
     # --- the protocol ------------------------------------------------------------------------------
 
     def public(self, endpoint: str) -> bool:
@@ -117,6 +126,7 @@ class FakeQuanMiao(FakeServer):
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(f"{PREFIX}/submitVideoAnalysisTask", self._submit, name="submit")
         app.router.add_get(f"{PREFIX}/getVideoAnalysisTask", self._get, name="get")
+        app.router.add_put(f"{PREFIX}/updateVideoAnalysisTask", self._update, name="update")
 
     async def _refusal(self, request: web.Request, body: bytes) -> web.Response | None:
         """None when the request is signed right by a known key, for a known workspace."""
@@ -188,6 +198,31 @@ class FakeQuanMiao(FakeServer):
             self.tasks[task.task_id] = task
         return self._ok(request, {"taskId": task.task_id})
 
+    def _refused(self, request: web.Request, code: str, message: str, data: dict[str, Any]) -> web.Response:
+        """A refusal the light app answers as a 200 whose body says `success: false` ([update]'s example)."""
+        rid = request[REQUEST_ID]
+        body = {
+            "requestId": rid,
+            "code": code,
+            "message": message,
+            "httpStatusCode": 200,
+            "success": False,
+            "data": data,
+        }
+        return self.ok(request, body)
+
+    async def _advance(self, task: Task) -> None:
+        """Move the task along its life by its age (fetching the video once it is due to run)."""
+        if task.ran:
+            return
+        age = time.monotonic() - task.created
+        if age < self.pending_seconds:
+            task.status = "PENDING"
+        elif age < self.pending_seconds + self.running_seconds:
+            task.status = "RUNNING"
+        else:
+            await self._run(task)
+
     async def _get(self, request: web.Request) -> web.StreamResponse:
         refused = await self._refusal(request, await request.read())
         if refused is not None:
@@ -197,13 +232,7 @@ class FakeQuanMiao(FakeServer):
         if task is None:
             return self.error(request, 400, "TaskNotExist", "task not exist")  # unconfirmed code
         age = time.monotonic() - task.created
-        if not task.ran:
-            if age < self.pending_seconds:
-                task.status = "PENDING"
-            elif age < self.pending_seconds + self.running_seconds:
-                task.status = "RUNNING"
-            else:
-                await self._run(task)
+        await self._advance(task)
         data: dict[str, Any] = {
             "taskId": task.task_id,
             "taskStatus": task.status,
@@ -220,6 +249,33 @@ class FakeQuanMiao(FakeServer):
         if task.ran and task.status == "SUCCESSED":
             data["payload"] = {"output": task.output, "usage": task.usage}
         return self._ok(request, data)
+
+    async def _update(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        refused = await self._refusal(request, body)
+        if refused is not None:
+            return refused
+        form = await request.post()
+        task_id, status = str(form.get("taskId", "")), str(form.get("taskStatus", ""))
+        if status != rules.CANCEL_STATUS:
+            return self.error(request, 400, "InvalidParameter", "taskStatus: only CANCELED is supported")
+        with self._lock:
+            task = self.tasks.get(task_id)
+        if task is None:
+            return self._refused(request, rules.UNKNOWN_TASK, "task not exist", {"taskId": task_id})
+        await self._advance(task)
+        if task.status not in rules.CANCELLABLE_STATUSES:
+            return self._refused(
+                request,
+                rules.CANCEL_REFUSED,
+                f"task status {task.status} cannot be canceled",
+                {"taskId": task_id, "taskStatus": task.status},
+            )
+        # ran: the task is over; the video is never fetched and no result (or usage) is made
+        task.status, task.ran, task.error_message = rules.CANCEL_STATUS, True, "canceled by user"
+        return self._ok(
+            request, {"taskId": task_id, "taskStatus": task.status, "taskErrorMessage": task.error_message}
+        )
 
     async def _run(self, task: Task) -> None:
         """Fetch the video and make the results (once per task)."""

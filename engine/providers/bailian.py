@@ -1,7 +1,8 @@
 """Bailian hosted video analysis (the QuanMiao light app): the SDK call layer.
 
 Two SDKs, both official: `alibabacloud-quanmiaolightapp20240801` (SubmitVideoAnalysisTask /
-GetVideoAnalysisTask, ROA calls signed ACS3-HMAC-SHA256 with an AccessKey pair) and `oss2` (the
+GetVideoAnalysisTask / UpdateVideoAnalysisTask, ROA calls signed ACS3-HMAC-SHA256 with an AccessKey
+pair) and `oss2` (the
 upload of a dropped video to the user's bucket, and the signed URL the service fetches it from).
 The AccessKey pair comes from the environment on every use and is never kept in a field that is
 printed, stored or sent anywhere but the signing code.
@@ -9,7 +10,7 @@ printed, stored or sent anywhere but the signing code.
 Failures are mapped onto `dropflow.engine.errors` here, at the boundary: a key the service does
 not know or a wrong secret -> AuthError; throttling and 5xx, dropped connections and replies that
 cannot be read -> RetryableError; everything the service refused -> PermanentError with its code.
-The rules of the service (limits, values, prices) live in `engine/annotate/bailian_rules.py`.
+The rules of the service (limits, values, prices) live in `bailian_rules.py` beside this module.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from dropflow.engine.errors import AuthError, ConfigError, PermanentError, ProviderError, RetryableError
-from dropflow.engine.providers.bailian_rules import REFUSED_CONTENT
+from dropflow.engine.providers.bailian_rules import CANCEL_STATUS, REFUSED_CONTENT
 
 if TYPE_CHECKING:
     from dropflow.daemon.core.config import BailianSettings
@@ -235,6 +236,38 @@ class BailianAnalysis:
             run_info=_dict(data.get("taskRunInfo")),
             request_id=str(raw.get("requestId", "")),
         )
+
+    async def cancel(self, task_id: str) -> None:
+        """Cancel a task (UpdateVideoAnalysisTask to CANCELED); returns once the service says it is.
+
+        Raises:
+            PermanentError: the service would not cancel it (it started or ended, or is unknown to
+                the service: its code and message).
+            AuthError, RetryableError: as `submit`; also RetryableError (MalformedResponse) for a
+                reply that does not say CANCELED (the task may or may not be cancelled).
+        """
+        from alibabacloud_quanmiaolightapp20240801 import models
+
+        client = self._client()
+        try:
+            response = await client.update_video_analysis_task_async(
+                self.workspace,
+                models.UpdateVideoAnalysisTaskRequest(task_id=task_id, task_status=CANCEL_STATUS),
+            )
+            body = response.body
+            self._check_body(body, "cancel")
+            status = body.data.task_status if body.data is not None else None
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise _wrap(exc, f"cancelling task {task_id}") from exc
+        if status != CANCEL_STATUS:
+            raise RetryableError(
+                f"Bailian accepted the cancel of task {task_id} but its reply says {status or 'no status'}",
+                provider=self.name,
+                code="MalformedResponse",
+                request_id=body.request_id or "",
+            )
 
     def _check_body(self, body: Any, what: str) -> None:
         """A 200 whose body says it failed (`success: false`) is that failure."""

@@ -6,6 +6,7 @@ Sources (read 2025; "unconfirmed" marks a value no page at hand states, chosen t
             and https://api.aliyun.com/document/QuanMiaoLightApp/2024-08-01/SubmitVideoAnalysisTask
 - [get]     https://help.aliyun.com/zh/model-studio/api-quanmiaolightapp-2024-08-01-getvideoanalysistask
 - [run]     https://help.aliyun.com/zh/model-studio/user-guide/api-quanmiaolightapp-2024-08-01-runvideoanalysis
+- [update]  https://help.aliyun.com/zh/model-studio/api-quanmiaolightapp-2024-08-01-updatevideoanalysistask
 - [sdk]     alibabacloud_quanmiaolightapp20240801 2.14 (models: field names and nesting)
 - [oss]     https://help.aliyun.com/zh/oss/user-guide/upload-objects (PutObject: 5 GB per request),
             V4 signed URLs: 7 days at most
@@ -55,6 +56,19 @@ URL_SCHEMES: Final = ("http://", "https://")  # [submit] videoUrl: a URL the ser
 STATUSES: Final = ("PENDING", "RUNNING", "SUCCESSED", "FAILED", "CANCELED")
 REFUSED_CONTENT: Final = "ViolationOfSecurityPolicy"  # [get] data.header.errorCode; business data empty
 TASK_RESULT_DAYS: Final = 7  # unconfirmed: how long GetVideoAnalysisTask keeps a finished task's result
+
+# [update] UpdateVideoAnalysisTask (PUT, form body taskId + taskStatus) "only supports cancelling":
+# CANCELED is the one status it takes, and its reply's data.taskStatus says CANCELED when it worked.
+CANCEL_STATUS: Final = "CANCELED"
+# unconfirmed: which statuses it still cancels (no page says). dropflow takes, and the fake
+# enforces, PENDING only: a task that started has begun to use tokens, so it may bill anyway.
+# Also unconfirmed, though billing is by the tokens used: a task cancelled while PENDING bills nothing.
+CANCELLABLE_STATUSES: Final = ("PENDING",)
+# [update] the reply for a task id the service does not know: 200, success false, this code
+UNKNOWN_TASK: Final = "DataNotExists"
+# unconfirmed: the code refusing to cancel a task that started or ended (dropflow reads any
+# refusal the same way, so only the fake spells it)
+CANCEL_REFUSED: Final = "TaskStatusNotCancelable"
 
 # --- what it costs (CNY, Beijing, list prices; unconfirmed: check the console before large runs) ----
 
