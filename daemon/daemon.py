@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dropflow.daemon import __version__
 from dropflow.daemon.core.config import Config, redact_url
-from dropflow.daemon.core.jobs import Job, StoreUnavailable
+from dropflow.daemon.core.jobs import ActiveInput, Job, StoreUnavailable
 from dropflow.daemon.core.store import Store, owner_id
 from dropflow.daemon.intake import Intake
 from dropflow.daemon.logs import Redactor
@@ -41,6 +41,17 @@ def _forget_folder(watcher: Watcher, job: Job, _outcome: str) -> None:
     path = Path(job.input_path)
     if path.is_dir():
         watcher.forget(path)
+
+
+def _remember_all(watcher: Watcher, jobs: list[ActiveInput]) -> None:
+    """Tell the watcher the inputs that unfinished jobs still hold (see `Watcher.remember`)."""
+    differ = sum(not watcher.remember(job) for job in jobs)
+    if differ:
+        log.info(
+            "%d unfinished job(s) no longer find their input as it was queued (edited or gone);"
+            " the inbox scan takes an edited one as a new drop",
+            differ,
+        )
 
 
 def warm_clustering(cfg: Config) -> threading.Thread | None:
@@ -164,8 +175,8 @@ class Daemon:
                 watcher = Watcher(cfg.watch, router, intake.accept, routes=routes) if self.watch else None
                 if watcher is not None:
                     scheduler.on_finished = functools.partial(_forget_folder, watcher)
-                    for path in await store.active_inputs():
-                        watcher.remember_path(path)
+                    # stats for each unit; a read only of one edited since its job was registered
+                    await asyncio.to_thread(_remember_all, watcher, await store.active_inputs())
                 log.info(
                     "dropflow %s %s (outputs %s, database %s)%s%s",
                     __version__,

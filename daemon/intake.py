@@ -8,7 +8,6 @@ was with a `<name>.error.txt` beside it; a duplicate of finished work is archive
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -68,10 +67,11 @@ class Intake:
             digest = hashes.get(plan.path)
             if digest is None:  # vanished or unreadable between settle and hash
                 continue
-            # a unit of several files (an image and its prompt) is "the same" only if every file is
-            extra = [hashes.get(p) for p in plan.inputs[1:]]
-            if isinstance(digest, str) and extra and all(isinstance(h, str) for h in extra):
-                digest = hashlib.sha256("\n".join([digest, *extra]).encode()).hexdigest()  # type: ignore[list-item]
+            # the hash `dropflow submit` gives the same unit (`files.unit_hash`), from the hashes
+            # known or taken above; a sidecar gone or unreadable since the plan is left out of it
+            extra = [h for h in (hashes.get(p) for p in plan.inputs[1:]) if isinstance(h, str)]
+            if isinstance(digest, str) and extra:
+                digest = files.combine_hashes([digest, *extra])
             error = plan.error
             if isinstance(digest, OSError):
                 error = InputError(
@@ -138,15 +138,29 @@ class Intake:
         await self.store.add_event(existing_id, "note", msg)
 
     def archive_inputs(self, job: Job) -> str | None:
-        """Move a finished job's inputs out of the inbox (blocking). Returns the primary's new path."""
+        """Move a finished job's inputs out of the inbox (blocking). Returns the primary's new path,
+        None when nothing was moved.
+
+        Only while they hold the job's content: a file replaced under the same name since (new
+        content, maybe queued as a newer job) stays for that job, with the reason in the log. Stats
+        decide for inputs not changed since the job was registered; only changed ones are hashed.
+        """
+        sources = [Path(raw) for raw in job.input_paths if Path(raw).exists()]
+        if sources and files.changed_since(sources, job.created_at):
+            # a file of the unit gone (archived by a run cut short) leaves nothing to compare it with
+            if len(sources) != len(job.input_paths) or not files.same_content(sources, job.content_hash):
+                log.warning(
+                    "job %d: %s no longer holds the content this job processed (replaced since it was"
+                    " queued); left in place for the job that has it",
+                    job.id,
+                    job.input_path,
+                )
+                return None
         dest_dir = self.cfg.paths.archive / job.route / time.strftime("%Y-%m-%d")
         if job.batch:
             dest_dir = dest_dir / job.batch
         primary = None
-        for raw in job.input_paths:
-            src = Path(raw)
-            if not src.exists():
-                continue
+        for src in sources:
             dest = files.move(src, dest_dir)
             primary = primary or str(dest)
             sidecar = error_sidecar(src)

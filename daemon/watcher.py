@@ -21,9 +21,16 @@ from pathlib import Path
 import watchfiles
 
 from dropflow.daemon.core.config import Route, WatchSettings
-from dropflow.daemon.core.jobs import STORE_DOWN
+from dropflow.daemon.core.jobs import STORE_DOWN, ActiveInput
 from dropflow.daemon.router import Router
-from dropflow.engine.files import TEMP_SUFFIXES, file_hash, is_ignored_name, link_outside
+from dropflow.engine.files import (
+    TEMP_SUFFIXES,
+    changed_since,
+    file_hash,
+    is_ignored_name,
+    link_outside,
+    same_content,
+)
 
 log = logging.getLogger("dropflow.watcher")
 
@@ -171,12 +178,26 @@ class Watcher:
         self._prehashing: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
-    def remember_path(self, raw: str) -> None:
-        """An input the store already has a job for: not offered again unless it changes."""
-        path = Path(raw)
-        sig = signature(path)
-        if sig is not None:
-            self.known[path] = sig
+    def remember(self, job: ActiveInput) -> bool:
+        """Inputs the store has an unfinished job for: not offered again unless they change.
+        Returns whether they were remembered (blocking: may read the unit, run in a thread).
+
+        Only while the unit still holds the job's content: one edited while the daemon was down
+        is left to the startup scan, which offers it as a new drop (intake then finds its job by
+        content, or makes it new work). Stats decide for a unit not changed since its job was
+        registered; only one changed since is hashed, so a start does not read every video.
+        """
+        paths = [Path(p) for p in job.input_paths]
+        if changed_since(paths, job.created_at):
+            if any(link_outside(p, self.inbox) for p in paths):
+                return False  # never read through a link out of the inbox; intake fails it again
+            if not same_content(paths, job.content_hash):
+                return False
+        for path in paths:
+            sig = signature(path)
+            if sig is not None:
+                self.known[path] = sig
+        return True
 
     def forget(self, unit: Path) -> None:
         """Offer `unit` again at the next rescan if it still exists (e.g. a folder whose job ended)."""

@@ -10,8 +10,9 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -204,6 +205,84 @@ def content_hash(path: Path) -> str:
         h.update(file_hash(f).encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+def unit_hash(paths: Sequence[Path]) -> str:
+    """The content hash of a unit: its primary file or folder first, then the files that belong to
+    it (a video's sidecars, an image's prompt) in the order its engine's `inputs_for` gives them.
+
+    One definition for every way a unit arrives (a drop, `dropflow submit`, the TUI), so that the
+    same unit is the same work, deduplicated, whichever way it came.
+    Raises OSError (FileNotFoundError when a file is gone).
+    """
+    return combine_hashes([content_hash(p) for p in paths])
+
+
+def combine_hashes(digests: Sequence[str]) -> str:
+    """A unit's hash from the `content_hash` of each of its paths, in order (see `unit_hash`).
+
+    A unit of one path keeps that path's own hash (a file's sha256), the hash every job of a lone
+    file has been registered with: they stay deduplicated against. Raises ValueError when empty.
+    """
+    if not digests:
+        raise ValueError("a unit has at least one path")
+    if len(digests) == 1:
+        return digests[0]
+    # a unit of several files (an image and its prompt) is "the same" only if every file is
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+# File times come from the kernel's coarse clock (up to a tick behind `time.time()`) and, on some
+# filesystems, in whole seconds (two on FAT): a change that close before a job was registered is
+# hashed rather than trusted to predate it. The cost is one read of a unit registered within
+# seconds of its last change, and only when its job is checked.
+CHANGE_SLACK_SECONDS = 2.0
+
+
+def changed_since(paths: Sequence[Path], since: float) -> bool:
+    """Whether the unit at `paths` may have changed since `since` (seconds since the epoch, as a
+    job's `created_at`): a path is gone, or the newest mtime or ctime of a path (for a folder, of
+    anything below it) is not clearly older. Stats only, never reads a file.
+
+    The ctime counts because it cannot be set back: a file copied with its old mtime kept
+    (`cp -p`) or renamed into place gets a new ctime.
+    """
+    limit = int((since - CHANGE_SLACK_SECONDS) * 1e9)
+    for path in paths:
+        try:
+            if _newest_change_ns(path) >= limit:
+                return True
+        except FileNotFoundError:
+            return True
+    return False
+
+
+def _newest_change_ns(path: Path) -> int:
+    st = path.stat()
+    newest = max(st.st_mtime_ns, st.st_ctime_ns)
+    if not stat.S_ISDIR(st.st_mode):
+        return newest
+    # a file removed from a folder changes the folder's times, so the walk sees every change
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in (*dirnames, *filenames):
+            try:
+                st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
+    return newest
+
+
+def same_content(paths: Sequence[Path], digest: str) -> bool:
+    """Whether the unit at `paths` hashes to `digest` now (reads every file: use `changed_since`
+    first). False when a file is gone or unreadable, or `digest` is no hash at all (the stand-in
+    key of a job that failed at intake: a link out of the inbox, an unreadable file)."""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        return False
+    try:
+        return unit_hash(paths) == digest
+    except OSError:
+        return False
 
 
 def clean_temp_files(root: Path) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dropflow.daemon.core.jobs import NewJob, StoreError
+from dropflow.daemon.core.jobs import ActiveInput, NewJob, StoreError
 from dropflow.daemon.core.persons import Plan, PlannedFace, PlannedPerson, PlannedPhoto
 from dropflow.daemon.core.store import Store, owner_id
 from dropflow.daemon.core.store.migrations import MIGRATIONS
@@ -236,7 +236,8 @@ async def test_task_registry_and_checkpoints(store_target: Path | str) -> None:
         await s.add_event(ids[0], "note", "hello")
         assert (await s.events(ids[0]))[-1].message == "hello"
         assert await s.active_units(["/in/v1", "/nowhere"]) == {"/in/v1"}
-        assert "/in/v0" in await s.active_inputs()
+        # with what the unit held and when: the daemon's start tells an input edited since
+        assert ActiveInput(("/in/v0",), "v0", job.created_at) in await s.active_inputs()
 
 
 async def test_persons_repository(store_target: Path | str) -> None:

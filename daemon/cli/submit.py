@@ -95,7 +95,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             route=route.name,
             input_path=str(unit),
             input_paths=[str(p) for p in inputs],
-            content_hash=files.content_hash(unit),
+            # as intake hashes a drop: the same unit is one job whichever way it came
+            content_hash=files.unit_hash(inputs),
             batch=batch,
             source="submit",
             provider=route.provider or router.default_provider(),

@@ -119,6 +119,15 @@ class InsertResult:
 
 
 @dataclass(frozen=True)
+class ActiveInput:
+    """The inputs of a job that still needs them where they are, with what its unit held then."""
+
+    input_paths: tuple[str, ...]  # the unit first, then the files that belong to it
+    content_hash: str  # the unit's hash when the job was registered (`files.unit_hash`)
+    created_at: float  # when it was registered: a unit not changed since holds that content still
+
+
+@dataclass(frozen=True)
 class Event:
     id: int
     job_id: int | None
@@ -199,8 +208,9 @@ class JobStore(JobSpawner, TaskRegistry, Protocol):
         """Those of `paths` that are the unit of an unfinished job (its engine may be changing it)."""
         ...
 
-    async def active_inputs(self) -> set[str]:
-        """Input paths of the jobs that still need their file where it is (not succeeded or cancelled)."""
+    async def active_inputs(self) -> list[ActiveInput]:
+        """The inputs of the jobs that still need their files where they are (not succeeded or
+        cancelled), each job's with its content hash and creation time."""
         ...
 
     # --- claims and the runner's writes -----------------------------------------------------------

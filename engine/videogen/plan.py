@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from dropflow.daemon.core.jobs import Job
 from dropflow.engine import files
 from dropflow.engine.errors import InputError
+from dropflow.engine.files import unit_hash  # the one definition, shared with intake and submit
 from dropflow.engine.providers.base import VideoGenRequest
 from dropflow.engine.videogen.catalog import catalog_for
 from dropflow.engine.videogen.image import PreparedImage, job_image_dir, prepare_image
@@ -104,20 +105,12 @@ async def _spec(run: Run) -> VideoSpec:
     return spec
 
 
-def unit_hash(paths: list[Path]) -> str:
-    """The content hash intake gives a unit: a file's sha256, or for several files the sha256 of
-    their hashes, one a line (primary first). Blocking."""
-    digests = [files.content_hash(p) for p in paths]
-    if len(digests) == 1:
-        return digests[0]
-    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
-
-
 def unit_changed(job: Job) -> bool:
     """True when the job's files no longer hold the content it was made from. Blocking.
 
     Jobs whose hash is not a plain digest (a link, an unreadable file) are never "changed"; for
-    `dropflow submit`, which hashes the primary file alone, the primary's hash counts too.
+    a job `dropflow submit` queued before it hashed the whole unit (the primary file alone), the
+    primary's hash counts too.
     """
     if not _DIGEST.match(job.content_hash):
         return False

@@ -9,7 +9,15 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from dropflow.daemon.core.jobs import STATUSES, TERMINAL, InsertResult, Job, NewJob, StoreError
+from dropflow.daemon.core.jobs import (
+    STATUSES,
+    TERMINAL,
+    ActiveInput,
+    InsertResult,
+    Job,
+    NewJob,
+    StoreError,
+)
 from dropflow.daemon.core.store.db import Db
 
 _JSON_COLS = {"input_paths", "params", "outputs", "checkpoint", "usage"}
@@ -178,12 +186,14 @@ class JobsMixin:
         )
         return {str(r[0]) for r in await cur.fetchall()}
 
-    async def active_inputs(self) -> set[str]:
-        """Input paths of jobs that still need their file where it is (not finished)."""
+    async def active_inputs(self) -> builtins.list[ActiveInput]:
+        """The inputs of jobs that still need their files where they are (not finished), with what
+        their units held: the daemon's start tells an untouched input from one edited meanwhile."""
         cur = await self.db.execute(
-            "SELECT input_paths FROM jobs WHERE status IN ('queued','running','waiting','paused','failed')"
+            "SELECT input_paths, content_hash, created_at FROM jobs"
+            " WHERE status IN ('queued','running','waiting','paused','failed') ORDER BY id"
         )
-        out: set[str] = set()
-        for (paths,) in await cur.fetchall():
-            out.update(json.loads(paths))
-        return out
+        return [
+            ActiveInput(tuple(json.loads(paths)), str(digest), float(created))
+            for paths, digest, created in await cur.fetchall()
+        ]
