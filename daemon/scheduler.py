@@ -113,6 +113,9 @@ class Scheduler:
         heartbeat = asyncio.create_task(self._heartbeat(), name="dropflow-heartbeat")
         try:
             while not stop.is_set():
+                # cleared before the work, not after: a job ending (or a job queued) while the
+                # claim awaits the store sets it again, and is not lost until the next tick
+                self.wake.clear()
                 try:
                     await self._apply_controls()
                     await self._fill_slots()
@@ -123,7 +126,6 @@ class Scheduler:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=1.0)
                     continue
-                self.wake.clear()
                 try:
                     await asyncio.wait_for(self._wait_wake(stop), timeout=self.settings.tick_seconds)
                 except TimeoutError:
