@@ -491,3 +491,14 @@ async def test_a_write_lock_held_elsewhere_during_a_daemon_read_is_waited_for(tm
         row = await daemon.get(job.id)
         assert row is not None and row.progress == 0.5
         assert [j.priority for j in await daemon.list() if j.id != job.id] == [5, 5]
+
+
+async def test_a_filter_word_ignores_case_on_every_store(store_target: Path | str) -> None:
+    async with Store.open(store_target) as store:
+        await store.insert_jobs(
+            [NewJob("dataset", "dataset", f"/in/{name}.jpg", name) for name in ("Holiday_Clip", "other")]
+        )
+        reader = StoreReader(store)
+        for text in ("holiday_clip", "HOLIDAY", "Clip"):
+            rows = await reader.window(JobQuery(parse_filter(text, ENGINES)), "start", None, 10)
+            assert [r.input_path for r in rows] == ["/in/Holiday_Clip.jpg"], text

@@ -146,8 +146,9 @@ class Filter:
             conds.append(f"id IN ({','.join('?' * len(ordered_ids))})")
             args += ordered_ids
         for word in self.words:
-            conds.append("input_path LIKE ? ESCAPE '\\'")
-            args.append("%" + _escape_like(word) + "%")
+            # lower() on both sides: SQLite's LIKE ignores ASCII case, PostgreSQL's does not
+            conds.append("lower(input_path) LIKE ? ESCAPE '\\'")
+            args.append("%" + _escape_like(word.lower()) + "%")
         return conds, args
 
 
