@@ -601,3 +601,44 @@ async def test_rows_lean_on_one_guard_that_finishes_only_after_their_render(tmp_
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_renders_take_at_most_a_share_of_the_time(tmp_path: Path) -> None:
+    """A dataset fed faster than it renders (thousands of rows, a fast provider) must not render
+    at every lull: the next render starts no sooner than `spacing` (its cost / RENDER_SHARE) after
+    the last one ended, and the rows finishing meanwhile lean on a guard until it has."""
+    import time
+
+    from dropflow.engine.dataset.coalescer import RENDER_SHARE, RenderCoalescer
+    from dropflow.engine.dataset.folder import DatasetFolder
+    from dropflow.engine.dataset.formats import RenderOptions
+    from dropflow.engine.dataset.records import ItemRecord
+
+    class SlowFolder(DatasetFolder):
+        def render(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            time.sleep(0.05)  # a large dataset's render
+            return super().render(*args, **kwargs)
+
+    folder = SlowFolder(tmp_path / "s")
+    opts = RenderOptions("s", folder.root)
+    co = RenderCoalescer(folder, max_delay=0.01)
+
+    async def lone(i: int) -> tuple[ItemRecord, bool]:
+        data = image_bytes(700 + i)
+        digest = hashlib.sha256(data).hexdigest()
+        rec = ItemRecord(digest, f"{i}.jpg", folder.image_rel(digest, ".jpg"), "p", f"a{i}", created=i + 1.0)
+        co.begin()
+        folder.write_item(rec, data)
+        co.end(wrote=True)
+        return rec, await co.settle(i, rec, ["llamafactory"], opts)
+
+    _, done = await lone(1)
+    assert done and co.renders == 1, "the first lone row is rendered on the spot"
+    ended = time.monotonic()
+    assert co.spacing == pytest.approx(co.render_seconds / RENDER_SHARE) and co.spacing >= 0.5
+    b, done = await lone(2)
+    assert not done and co.renders == 1, "too soon after the last render: it waits, as a guard"
+    await wait_for(lambda: _true(co.renders == 2), timeout=10)
+    assert time.monotonic() - ended >= co.spacing * 0.9  # (the render's own cost changes it a little)
+    assert await co.settle(2, b, ["llamafactory"], opts) is True
+    assert len(rows(folder.root / "train.jsonl")) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 from dropflow.engine.dataset.folder import DatasetFolder, RecordCache
@@ -13,7 +14,9 @@ from dropflow.engine.dataset.records import ItemRecord
 
 log = logging.getLogger("dropflow.engine.dataset.coalescer")
 
-RENDER_MAX_DELAY = 1.0  # while items stream in, the files are rewritten at least this often
+RENDER_MAX_DELAY = 1.0  # while items stream in, the files are rewritten at least this often ...
+RENDER_SHARE = 0.1  # ... and renders take at most this share of the time (see `spacing`)
+INLINE_WAIT = 0.25  # a row finishing alone waits this long at most for the spacing to pass
 RENDER_WAIT = 1.0  # a guard (see RenderCoalescer) comes back after this long
 GUARD_TTL = 5 * RENDER_WAIT  # a guard not back by then is presumed cancelled: rows find a new one
 GUARD_FORGET = 600.0  # seconds after which a guard that never came back is dropped from memory
@@ -41,6 +44,8 @@ class RenderCoalescer:
         self.cache = RecordCache()
         self.covered: dict[str, float] = {}
         self.renders = 0
+        self.render_seconds = 0.0  # how long the last render took
+        self._rendered_at = -math.inf  # when it ended (monotonic)
         self.write_seq = 0  # records written by this daemon so far
         self.rendered_seq = 0  # write_seq when the last finished render started
         self._guards: dict[int, tuple[int, float]] = {}  # job id -> (write_seq it waits for, since)
@@ -117,19 +122,33 @@ class RenderCoalescer:
         """
         self._formats, self._options = list(formats), options
         self._dirty = True
-        if self._in_flight == 0:
+        wait = self._rendered_at + self.spacing - time.monotonic()
+        if self._in_flight == 0 and wait <= INLINE_WAIT:
+            if wait > 0:  # a small dataset: its rows wait a moment rather than a guard's round
+                await asyncio.sleep(wait)
             await self._render()
         elif self._task is None or self._task.done():
             self._task = asyncio.create_task(
                 self._later(), name=f"dropflow-dataset-render:{self.folder.name}"
             )
 
+    @property
+    def spacing(self) -> float:
+        """The least time between the end of one render and the start of the next: renders (each
+        rewrites every row) take at most `RENDER_SHARE` of the daemon's time. Without it, a
+        dataset of thousands of rows fed faster than it renders (an offline or fast provider)
+        would render at every lull, and each item would finish slower than the one before."""
+        return self.render_seconds / RENDER_SHARE
+
     async def _later(self) -> None:
         while self._dirty:
             try:
-                await asyncio.wait_for(self._idle.wait(), timeout=self.max_delay)
+                await asyncio.wait_for(self._idle.wait(), timeout=max(self.max_delay, self.spacing))
             except TimeoutError:
                 pass
+            wait = self._rendered_at + self.spacing - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
             try:
                 await self._render()
             except Exception as exc:  # a full disk must not kill the loop; the guards wait and retry
@@ -142,11 +161,14 @@ class RenderCoalescer:
                 return  # a render that started after our record was written just finished
             self._dirty = False
             seq = self.write_seq
+            started = time.monotonic()
             try:
                 result = await asyncio.to_thread(self.folder.render, self._formats, self._options, self.cache)
             except BaseException:
                 self._dirty = True
                 raise
+            self._rendered_at = time.monotonic()
+            self.render_seconds = self._rendered_at - started
             self.covered = result.covered
             self.rendered_seq = seq
             self.renders += 1
