@@ -70,6 +70,9 @@ def test_offline_rows_are_marked_in_every_format_and_kept_out_of_openai(tmp_path
             assert row[OFFLINE_MARKER] is by_image[stored], name
     for item in json.loads((folder.root / "llava_train.json").read_text()):
         assert item[OFFLINE_MARKER] is by_image[item["image"].removeprefix("pets/")]
+    for row in read_jsonl(folder.root / "qwen_train.jsonl"):
+        image = row["messages"][-2]["content"][0]["image"]
+        assert row[OFFLINE_MARKER] is by_image[image.removeprefix("pets/")]
     for row in read_jsonl(folder.root / "imagefolder" / "train" / "metadata.jsonl"):
         assert row[OFFLINE_MARKER] is by_image[row["file_name"]]
 
@@ -94,6 +97,7 @@ def test_a_dataset_of_model_answers_carries_no_marker(tmp_path: Path) -> None:
         "train.jsonl",
         "swift_train.jsonl",
         "openai_train.jsonl",
+        "qwen_train.jsonl",
         "imagefolder/train/metadata.jsonl",
     ):
         rows = read_jsonl(folder.root / name)

@@ -241,6 +241,31 @@ def test_llava_swift_and_openai_files(tmp_path: Path) -> None:
         assert len(data) <= OPENAI_MAX_IMAGE_BYTES and hashlib.sha256(data).hexdigest() in stored
 
 
+def test_qwen_rows_are_typed_parts_with_and_without_the_system_turn(tmp_path: Path) -> None:
+    folder = build(tmp_path, 3, offline=[True, False, False])
+    recs = {f"pets/{r.image}": r for r in folder.records()}
+    for system in (None, SYSTEM):
+        folder.render(["qwen"], RenderOptions("pets", folder.root, val_ratio=0.25, system=system))
+        rows = read_jsonl(folder.root / "qwen_train.jsonl") + read_jsonl(folder.root / "qwen_val.jsonl")
+        assert len(rows) == 3
+        for row in rows:
+            assert set(row) == {"messages", OFFLINE_MARKER}
+            *head, user, assistant = row["messages"]
+            path = user["content"][0]["image"]
+            rec = recs[path]
+            assert head == (
+                [{"role": "system", "content": [{"type": "text", "text": SYSTEM}]}] if system else []
+            )
+            # the part is the placeholder: no <image> token in the text, and the path from the root
+            assert user == {
+                "role": "user",
+                "content": [{"type": "image", "image": path}, {"type": "text", "text": rec.prompt}],
+            }
+            assert assistant == {"role": "assistant", "content": [{"type": "text", "text": rec.answer}]}
+            assert (folder.root.parent / path).is_file()
+            assert row[OFFLINE_MARKER] is rec.offline  # the placeholder says so, the others say not
+
+
 def test_openai_skips_what_breaks_its_limits_and_says_so(tmp_path: Path) -> None:
     folder = build(tmp_path, 2, offline=False)
     [first, second] = sorted(folder.records(), key=lambda r: r.created)
@@ -299,7 +324,7 @@ def test_hugging_face_datasets_loads_every_jsonl_and_the_imagefolder(
     # half of them offline placeholders: their marker is a column like any other for `datasets`
     folder = build(tmp_path, 8, offline=[i % 2 == 0 for i in range(8)])
     folder.render(
-        ["llamafactory", "swift", "llava", "openai", "imagefolder"],
+        ["llamafactory", "swift", "llava", "qwen", "openai", "imagefolder"],
         RenderOptions("pets", folder.root, val_ratio=0.25, offline_in_openai=True, system=SYSTEM),
     )
     cache = str(tmp_path / "hf-cache")
@@ -315,7 +340,7 @@ def test_hugging_face_datasets_loads_every_jsonl_and_the_imagefolder(
     row = sharegpt["train"][0]
     assert row["messages"][1]["content"].startswith("<image>") and len(row["images"]) == 1
 
-    for name in ("swift_train.jsonl", "openai_train.jsonl", "llava_train.json"):
+    for name in ("swift_train.jsonl", "openai_train.jsonl", "llava_train.json", "qwen_train.jsonl"):
         loaded = hf_datasets.load_dataset("json", data_files=str(folder.root / name), cache_dir=cache)[
             "train"
         ]

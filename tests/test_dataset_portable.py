@@ -14,7 +14,7 @@ from dropflow.engine.dataset.folder import DatasetFolder
 from dropflow.engine.dataset.formats import RenderOptions
 from tests.test_dataset_formats import build, read_jsonl
 
-ALL: list[Any] = ["llamafactory", "swift", "llava", "imagefolder"]
+ALL: list[Any] = ["llamafactory", "swift", "llava", "qwen", "imagefolder"]
 
 
 def two_datasets(root: Path) -> tuple[DatasetFolder, DatasetFolder]:
@@ -84,6 +84,12 @@ def test_two_datasets_resolve_from_one_dataset_dir_after_a_copy(tmp_path: Path) 
             moved / name / "swift_val.jsonl"
         ):
             assert all(not Path(p).is_absolute() and (moved / p).is_file() for p in row["images"])
+        # qwen_vl_utils run from the root (it opens a plain path from the working directory)
+        for row in read_jsonl(moved / name / "qwen_train.jsonl") + read_jsonl(
+            moved / name / "qwen_val.jsonl"
+        ):
+            [media] = [p for p in row["messages"][-2]["content"] if p["type"] == "image"]
+            assert not Path(media["image"]).is_absolute() and (moved / media["image"]).is_file()
         for split in ("llava_train.json", "llava_val.json"):
             for item in json.loads((moved / name / split).read_text()):
                 assert (moved / item["image"]).is_file()

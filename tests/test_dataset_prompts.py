@@ -20,7 +20,7 @@ from tests.conftest import running_daemon
 from tests.test_dataset_engine import drop, image_bytes, project, records, settled, train_rows
 from tests.test_dataset_formats import SYSTEM, build, read_jsonl
 
-ALL: list[Any] = ["llamafactory", "swift", "llava", "openai", "imagefolder"]
+ALL: list[Any] = ["llamafactory", "swift", "llava", "qwen", "openai", "imagefolder"]
 
 
 def first_turns(folder: DatasetFolder) -> dict[str, Any]:
@@ -30,6 +30,7 @@ def first_turns(folder: DatasetFolder) -> dict[str, Any]:
         "llamafactory": read_jsonl(folder.root / "train.jsonl")[0]["messages"][0],
         "swift": read_jsonl(folder.root / "swift_train.jsonl")[0]["messages"][0],
         "openai": read_jsonl(folder.root / "openai_train.jsonl")[0]["messages"][0],
+        "qwen": read_jsonl(folder.root / "qwen_train.jsonl")[0]["messages"][0],
         "llava": llava.get("system"),
         "imagefolder": read_jsonl(folder.root / "imagefolder" / "train" / "metadata.jsonl")[0].get("system"),
     }
@@ -44,7 +45,7 @@ def test_no_format_carries_the_captioning_prompt_by_default(tmp_path: Path) -> N
             assert SYSTEM not in path.read_text(), path
     turns = first_turns(folder)
     assert {k: v["role"] for k, v in turns.items() if isinstance(v, dict)} == dict.fromkeys(
-        ("llamafactory", "swift", "openai"), "user"
+        ("llamafactory", "swift", "openai", "qwen"), "user"
     )
     assert turns["llava"] is None and turns["imagefolder"] is None
 
@@ -56,6 +57,7 @@ def test_record_system_goes_into_every_format_alike(tmp_path: Path) -> None:
     turns = first_turns(folder)
     for fmt in ("llamafactory", "swift", "openai"):
         assert turns[fmt] == {"role": "system", "content": mine}, fmt
+    assert turns["qwen"] == {"role": "system", "content": [{"type": "text", "text": mine}]}
     assert turns["llava"] == mine and turns["imagefolder"] == mine
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,7 @@ def test_a_video_only_dataset_has_only_the_videos_column(tmp_path: Path, clips: 
 def test_a_mixed_dataset_puts_both_kinds_in_the_same_files(tmp_path: Path, clips: dict[str, Path]) -> None:
     folder = build_mixed(tmp_path, clips, images=6)
     summary = folder.render(
-        ["llamafactory", "swift", "llava", "openai", "imagefolder"],
+        ["llamafactory", "swift", "llava", "qwen", "openai", "imagefolder"],
         RenderOptions("mix", folder.root, val_ratio=0.25, system=SYSTEM, offline_in_openai=True),
     ).summary
     train, val = read_jsonl(folder.root / "train.jsonl"), read_jsonl(folder.root / "val.jsonl")
@@ -251,6 +252,71 @@ def test_hugging_face_datasets_loads_the_mixed_files_and_the_videofolder(
     answers = {r.hash[:16]: r.answer for r in folder.records()}
     for item in train:
         assert Path(item["video"]["path"]).is_file() and item["text"] == answers[item["id"]]
+
+
+def qwen_parts(part: dict[str, Any]) -> dict[str, Any]:
+    """A part as written: `datasets` 3.x gives every part every key of its file, the absent ones None
+    (5.x keeps them as written); the README tells users to drop them the same way."""
+    return {k: v for k, v in part.items() if v is not None}
+
+
+def test_qwen_rows_put_a_video_part_where_the_image_would_be(tmp_path: Path, clips: dict[str, Path]) -> None:
+    folder = build_mixed(tmp_path, clips, images=1)
+    recs = {f"mix/{r.media}": r for r in folder.records()}
+    for system in (None, SYSTEM):
+        folder.render(["qwen"], RenderOptions("mix", folder.root, system=system))
+        rows = read_jsonl(folder.root / "qwen_train.jsonl")
+        assert len(rows) == 3 and not (folder.root / "qwen_val.jsonl").exists()
+        for row in rows:
+            *head, user, assistant = row["messages"]
+            assert head == (
+                [{"role": "system", "content": [{"type": "text", "text": SYSTEM}]}] if system else []
+            )
+            media, text = user["content"]
+            rec = recs[media.get("video") or media["image"]]
+            want = (
+                {"type": "video", "video": f"mix/{rec.video}", "fps": 1.0}  # the rate the model was told
+                if rec.is_video
+                else {"type": "image", "image": f"mix/{rec.image}"}
+            )
+            assert media == want and text == {"type": "text", "text": rec.prompt}
+            assert assistant == {"role": "assistant", "content": [{"type": "text", "text": rec.answer}]}
+            assert row[OFFLINE_MARKER] is True
+        # the first rows hold one of each kind, as in the sharegpt files
+        assert {m["type"] for r in rows[:2] for m in r["messages"][-2]["content"][:1]} == {"image", "video"}
+
+
+def test_hugging_face_datasets_loads_a_mixed_qwen_file_and_its_paths_resolve_from_the_root(
+    hf_datasets: Any, tmp_path: Path, clips: dict[str, Path]
+) -> None:
+    folder = build_mixed(tmp_path / "outputs", clips, images=3, offline=False)
+    folder.render(["qwen"], RenderOptions("mix", folder.root, system=SYSTEM))
+    written = read_jsonl(folder.root / "qwen_train.jsonl")
+    # the GPU machine: the datasets root copied elsewhere, the original gone; the tool runs from there
+    moved = tmp_path / "gpu" / "data"
+    shutil.copytree(folder.root.parent, moved)
+    shutil.rmtree(folder.root.parent)
+    loaded = hf_datasets.load_dataset(
+        "json", data_files=str(moved / "mix" / "qwen_train.jsonl"), cache_dir=str(tmp_path / "hf-cache")
+    )["train"]
+    assert loaded.num_rows == 5 and OFFLINE_MARKER not in loaded.column_names
+    kinds = []
+    for row, want in zip(loaded, written, strict=True):
+        messages = [{**m, "content": [qwen_parts(p) for p in m["content"]]} for m in row["messages"]]
+        assert messages == want["messages"]
+        system, user, assistant = messages
+        assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+        assert system["content"] == [{"type": "text", "text": SYSTEM}]
+        media, text = user["content"]
+        kinds.append(media["type"])
+        assert text["type"] == "text" and assistant["content"][0]["type"] == "text"
+        path = Path(media[media["type"]])
+        assert not path.is_absolute() and (moved / path).is_file()
+        if media["type"] == "video":
+            assert set(media) == {"type", "video", "fps"} and path.suffix == ".mp4"
+        else:
+            assert set(media) == {"type", "image"} and path.suffix == ".jpg"
+    assert sorted(kinds) == ["image", "image", "image", "video", "video"]
 
 
 # --- the engine, end to end ----------------------------------------------------------------------------

@@ -11,19 +11,21 @@ files in `summary`.
 | llamafactory  | train.jsonl, val.jsonl; entries in ../dataset_info.json    | from the datasets root |
 | swift         | swift_train.jsonl, swift_val.jsonl                         | from the datasets root |
 | llava         | llava_train.json, llava_val.json (JSON arrays; Qwen-VL too) | from the datasets root |
+| qwen          | qwen_train.jsonl, qwen_val.jsonl (Qwen2.5-VL typed parts)  | from the datasets root |
 | openai        | openai_train.jsonl, openai_val.jsonl (images only)         | inline data URLs     |
 | imagefolder   | imagefolder/{train,validation}/metadata.jsonl + images,    | beside the metadata  |
 |               | videofolder/{train,validation}/metadata.jsonl + videos     |                      |
 
 Videos: `<video>` and `videos` in llamafactory and swift rows (both kinds share the files, see
-`sharegpt`), `video` and `<video>` in llava rows (what Qwen2.5-VL's finetune scripts read),
+`sharegpt`), `video` and `<video>` in llava rows (what Qwen2.5-VL's finetune scripts read), a
+`{"type": "video"}` part in qwen rows (what its processor and qwen_vl_utils read, see `qwen`),
 `videofolder/` for Hugging Face (`imagefolder` cannot hold videos); OpenAI's fine-tuning takes no
 video, so video items are listed under `skipped` of the openai format.
 
 Image paths are relative to the datasets root (outputs/dataset/, the parent of every dataset
 folder): `cats/images/ab/<sha256>.jpg`. They survive a copy of that root to a training machine, and
 several datasets combine under one LLaMA-Factory `dataset_dir` (whose `dataset_info.json`, shared
-by them, `info` merges into), one swift working directory or one LLaVA `image_folder`.
+by them, `info` merges into), one swift or qwen working directory or one LLaVA `image_folder`.
 
 The train/validation split is decided once per item and remembered (`split`); every format
 gets the same assignment through `RenderOptions.splits`, so all agree on it. With `val_ratio > 0`
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dropflow.engine.dataset.qwen import qwen_row
 from dropflow.engine.dataset.records import ItemRecord, by_split
 from dropflow.engine.dataset.sharegpt import (
     IMAGE_TOKEN,
@@ -58,8 +61,8 @@ from dropflow.engine.dataset.split import Split
 # the sharegpt helpers moved to `sharegpt` and stay importable from here
 __all__ = ["IMAGE_TOKEN", "VIDEO_TOKEN", "check_sharegpt", "dataset_info", "shared_path", "sharegpt_row"]
 
-FormatName = Literal["llamafactory", "swift", "llava", "openai", "imagefolder"]
-FORMAT_NAMES: tuple[FormatName, ...] = ("llamafactory", "swift", "llava", "openai", "imagefolder")
+FormatName = Literal["llamafactory", "swift", "llava", "qwen", "openai", "imagefolder"]
+FORMAT_NAMES: tuple[FormatName, ...] = ("llamafactory", "swift", "llava", "qwen", "openai", "imagefolder")
 
 # OpenAI chat fine-tuning: at most 10 images per example, 10 MB each, JPEG/PNG/WEBP.
 OPENAI_MAX_IMAGE_BYTES = 10 * 1024 * 1024
@@ -72,6 +75,7 @@ FORMAT_FILES: dict[FormatName, tuple[str, ...]] = {
     "llamafactory": ("train.jsonl", "val.jsonl"),
     "swift": ("swift_train.jsonl", "swift_val.jsonl"),
     "llava": ("llava_train.json", "llava_val.json"),
+    "qwen": ("qwen_train.jsonl", "qwen_val.jsonl"),
     "openai": ("openai_train.jsonl", "openai_val.jsonl"),
     "imagefolder": (
         "imagefolder/train/metadata.jsonl",
@@ -85,8 +89,9 @@ VIDEOFOLDER_DIR = "videofolder"  # the imagefolder format's video items: `datase
 OPENAI_NO_VIDEO = "a video: OpenAI fine-tuning files take images only"
 
 # A top-level key the trainers ignore: LLaMA-Factory and ms-swift keep only the columns they map,
-# LLaVA / Qwen-VL read only `image` and `conversations`; `datasets` makes it a column. OpenAI's
-# fine-tuning validator is strict about keys, so its rows do not carry it (see `_openai`).
+# LLaVA / Qwen-VL read only `image` and `conversations`, qwen's readers only `messages`; `datasets`
+# makes it a column. OpenAI's fine-tuning validator is strict about keys, so its rows do not carry
+# it (see `_openai`).
 OFFLINE_MARKER = "dropflow_offline"
 
 
@@ -276,6 +281,14 @@ def _llava(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
     return _one_file_per_split("llava", names, records, opts, llava_item, _json_array)
 
 
+# --- Qwen2.5-VL chat messages (rows in `qwen`) ------------------------------------------------------
+
+
+def _qwen(records: Sequence[ItemRecord], opts: RenderOptions) -> Plan:
+    names = {"train": "qwen_train.jsonl", "validation": "qwen_val.jsonl"}
+    return _one_file_per_split("qwen", names, records, opts, qwen_row, _jsonl)
+
+
 # --- OpenAI chat fine-tuning ---------------------------------------------------------------------
 
 
@@ -383,6 +396,7 @@ _RENDERERS: dict[FormatName, Callable[[Sequence[ItemRecord], RenderOptions], Pla
     "llamafactory": _llamafactory,
     "swift": _swift,
     "llava": _llava,
+    "qwen": _qwen,
     "openai": _openai,
     "imagefolder": _imagefolder,
 }
