@@ -46,8 +46,8 @@ def check_answer(
     """The answer as it goes into a record, or why it may not.
 
     Empty answers, refusals ("I can't see the image") and, in JSON mode, anything but a JSON object
-    or array are rejected; a literal `<image>` (or `<video>`, `<audio>`) is escaped to `[image]`
-    or rejected, as `image_token` says. JSON answers are stored compact and fence-free.
+    or array are rejected; a literal `<image>` (or `<video>`, `<audio>`, a Qwen-VL special token:
+    `records.PLACEHOLDERS`) is escaped to `[image]` or rejected, as `image_token` says. JSON answers are stored compact and fence-free.
     """
     answer = text.strip()
     if not answer:
@@ -68,7 +68,9 @@ def check_answer(
     if has_placeholder(answer):
         if image_token == "reject":
             return answer, Rejection(
-                "media_token", "the answer holds a literal <image>/<video>/<audio> token"
+                "media_token",
+                "the answer holds a literal media or chat-template token (<image>, <video>, <audio>, "
+                "or a Qwen-VL special token such as <|image_pad|>)",
             )
         answer = escape_placeholders(answer)
     return answer, None

@@ -17,7 +17,21 @@ from dropflow.engine.dataset.split import Split, assign
 
 # LLaMA-Factory (and ms-swift) count these placeholders in the text to match them with the
 # media lists; a literal one inside an answer shifts every image of the batch.
-PLACEHOLDERS = ("<image>", "<video>", "<audio>")
+# What a trainer reads as media or turn markup when it is in a turn's text: LLaMA-Factory's and
+# ms-swift's media tokens, and the special tokens of the Qwen2-VL / Qwen2.5-VL chat template
+# (their tokenizers match them in plain text, so a caption that quotes one corrupts its sample)
+PLACEHOLDERS = (
+    "<image>",
+    "<video>",
+    "<audio>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+)
 
 
 @dataclass(frozen=True)
@@ -104,7 +118,8 @@ class FailedItem:
 
 
 def escape_placeholders(text: str) -> str:
-    """`<image>` -> `[image]` (and `<video>`, `<audio>`): the words stay, the trainer's token goes."""
+    """`<image>` -> `[image]`, `<|im_end|>` -> `[|im_end|]` (every one of `PLACEHOLDERS`): the
+    words stay, the trainer's token goes."""
     for token in PLACEHOLDERS:
         text = text.replace(token, "[" + token[1:-1] + "]")
     return text
