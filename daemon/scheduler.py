@@ -302,17 +302,30 @@ class Scheduler:
         log.info("job %d (%s) succeeded: %d output(s)", job.id, job.engine, len(outputs))
         if job.source == "inbox" and result.archive_input:
             try:
-                archived = await asyncio.to_thread(self.intake.archive_inputs, job)
+                archived, left = await asyncio.to_thread(self._archive, job)
             except OSError as exc:
                 log.error("job %d: cannot archive its input %s: %s", job.id, job.input_path, exc)
                 await self.store.add_event(job.id, "error", f"input not archived: {exc}")
             else:
                 if archived:
                     await self.store.set_archived(job.id, archived)
+                elif left:
+                    await self.store.add_event(
+                        job.id,
+                        "note",
+                        f"input left in the inbox: {job.input_path} was replaced since this job was "
+                        "queued, and the new content is its own job",
+                    )
         else:
             clear_error_sidecar(Path(job.input_path))
         if self.on_finished:
             self.on_finished(job, "succeeded")
+
+    def _archive(self, job: Job) -> tuple[str | None, bool]:
+        """Archive a finished job's inputs (blocking): the primary's new path, and whether an input
+        was left where it is (`archive_inputs` leaves only one replaced since the job was queued)."""
+        archived = self.intake.archive_inputs(job)
+        return archived, archived is None and any(Path(raw).exists() for raw in job.input_paths)
 
     async def _replan(self, job: Job) -> None:
         """A job starting from scratch takes its params and provider as the config and its folders'

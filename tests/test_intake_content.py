@@ -146,9 +146,11 @@ async def test_a_file_replaced_while_its_job_runs_stays_for_the_newer_job(projec
 
         second = await wait_for(second_archived)
         first = await d.store.get(jobs[0].id)
+        events = await d.store.events(jobs[0].id)
     assert second.content_hash == sha(b"second take")
     assert Path(second.archived_path).read_bytes() == b"second take"
     assert first is not None and not first.archived_path, "the first job did not take the newer job's input"
+    assert any("input left in the inbox" in e.message for e in events), "the first job says why"
 
 
 # --- 3. a drop and `dropflow submit` of the same unit are one job ---------------------------------
