@@ -391,6 +391,21 @@ def test_log_tail_keeps_only_the_jobs_lines(tmp_path: Path) -> None:
     assert job_lines(tmp_path / "missing.log", 12) == []
 
 
+def test_log_tail_reaches_back_into_the_rotated_log(tmp_path: Path) -> None:
+    """After a rotation the job's first lines are in dropflow.log.1: still shown, oldest first."""
+    (tmp_path / "dropflow.log.1").write_text(
+        "x INFO dropflow.scheduler: job 7 (annotate) started: /in/c.mp4\n"
+        "x INFO dropflow.scheduler: job 8 (annotate) started: /in/d.mp4\n"
+    )
+    log = tmp_path / "dropflow.log"
+    log.write_text("x INFO dropflow.scheduler: job 7 (annotate) succeeded: 1 output(s)\n")
+    assert [line.split(": ", 1)[1] for line in job_lines(log, 7)] == [
+        "job 7 (annotate) started: /in/c.mp4",
+        "job 7 (annotate) succeeded: 1 output(s)",
+    ]
+    assert len(job_lines(log, 7, limit=1)) == 1 and "succeeded" in job_lines(log, 7, limit=1)[0]
+
+
 def test_job_row_key_follows_the_sort_terms() -> None:
     row = JobRow(1, "e", "/p", "queued", None, 0.0, "", 0, 5, 0, 0.0, 0, None, None, None, sort_value=7)
     assert row.key(1) == (1,) and row.key(2) == (7, 1)

@@ -1,7 +1,9 @@
 """The daemon log lines about one job, read from the end of the log file.
 
-Blocking (file reads): call from a thread worker. Reads at most `TAIL_BYTES` from the end, so a
-log of any size costs the same; the caller re-reads only when the file's size or mtime moved.
+Blocking (file reads): call from a thread worker. Reads at most `TAIL_BYTES` from the end of the
+log (and of the file it was rotated from, `dropflow.log.1`, while the job's lines there are
+needed), so a log of any size costs the same; the caller re-reads only when the file's size or
+mtime moved.
 """
 
 from __future__ import annotations
@@ -24,7 +26,21 @@ def log_signature(path: Path) -> tuple[int, int] | None:
 
 
 def job_lines(path: Path, job_id: int, input_name: str = "", *, limit: int = MAX_LINES) -> list[str]:
-    """The last `limit` lines naming job `job_id` (or its input file), oldest first."""
+    """The last `limit` lines naming job `job_id` (or its input file), oldest first: from the
+    log, and from its rotated predecessor when the log holds fewer (a rotation must not make a
+    running job's first lines vanish from its Log tab)."""
+    pattern = re.compile(rf"\bjob {job_id}\b")
+    out: list[str] = []
+    for part in (path, path.with_name(path.name + ".1")):
+        lines = [line for line in _tail(part) if pattern.search(line) or (input_name and input_name in line)]
+        out = lines + out
+        if len(out) >= limit or not part.exists():
+            break
+    return out[-limit:]
+
+
+def _tail(path: Path) -> list[str]:
+    """The whole lines of the last `TAIL_BYTES` of `path` ([] when there is no such file)."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -36,6 +52,4 @@ def job_lines(path: Path, job_id: int, input_name: str = "", *, limit: int = MAX
     text = data.decode("utf-8", errors="replace")
     if end > TAIL_BYTES:
         text = text.split("\n", 1)[-1]  # the first line was cut in the middle
-    pattern = re.compile(rf"\bjob {job_id}\b")
-    out = [line for line in text.splitlines() if pattern.search(line) or (input_name and input_name in line)]
-    return out[-limit:]
+    return text.splitlines()
