@@ -285,3 +285,24 @@ def _into(batch: str) -> Any:
         (folder / "dropflow.yaml").write_text(f"params: {{into: {batch}}}\n")
 
     return write
+
+
+def test_a_photo_reached_through_several_links_is_collected_once(tmp_path: Path) -> None:
+    """A link to a photo of the same folder (or two links to one photo elsewhere) is one photo:
+    filed once, by the photo itself where it is in the unit; the other links go with the drop."""
+    from dropflow.engine.cluster.collect import collect
+
+    unit = tmp_path / "party"
+    unit.mkdir()
+    (unit / "m.jpg").write_bytes(b"photo m")
+    os.symlink(unit / "m.jpg", unit / "a_link.jpg")  # sorted before the photo it leads to
+    os.symlink("m.jpg", unit / "z_link.jpg")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "s.jpg").write_bytes(b"photo s")
+    os.symlink(shared / "s.jpg", unit / "s1.jpg")
+    os.symlink(shared / "s.jpg", unit / "s2.jpg")
+
+    source = collect(unit, tmp_path / "staging", exclude=())
+    assert [key for key, _ in source.photos] == ["m.jpg", "s1.jpg"]
+    assert sorted(source.links) == ["a_link.jpg", "s2.jpg", "z_link.jpg"]

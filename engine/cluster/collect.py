@@ -98,7 +98,21 @@ def collect(
                 photos.append((key, path))
             else:
                 skipped.append({"path": key, "reason": "not an image"})
-    return Source(root, photos, skipped, kept, links)
+    photos, doubles = _one_per_photo(photos)
+    return Source(root, photos, skipped, kept, links + doubles)
+
+
+def _one_per_photo(photos: list[tuple[str, Path]]) -> tuple[list[tuple[str, Path]], list[str]]:
+    """Each photo once, however many links lead to it: the photo itself where it is among them,
+    else the first link. Returns the photos and the other links' keys (removed with the folder
+    links once the photo is filed: they would only point at a moved file)."""
+    chosen: dict[str, tuple[str, Path]] = {}
+    for key, path in photos:
+        real = os.path.realpath(path)
+        if real not in chosen or (chosen[real][1].is_symlink() and not path.is_symlink()):
+            chosen[real] = (key, path)
+    kept = {key for key, _ in chosen.values()}
+    return [p for p in photos if p[0] in kept], [key for key, _ in photos if key not in kept]
 
 
 def has_photo(folder: Path) -> bool:
