@@ -59,6 +59,11 @@ class Providers(Protocol):
 
     def videogen(self, name: str | None) -> VideoGenProvider: ...
 
+    def video_analysis(self) -> object:
+        """Bailian's hosted video analysis (`providers.bailian.BailianAnalysis`, a provider-layer
+        type this layer does not name): the annotate engine's `mode: bailian` checks it is one."""
+        ...
+
 
 class JobContext:
     """What an engine gets besides its job: progress, cancellation, outputs, checkpoints, providers,

@@ -65,7 +65,9 @@ class Providers:
         self.service = service
 
     def vision(self, name: str | None) -> Any:
-        assert name == "bailian"
+        raise AssertionError("mode: bailian asks no chat model")
+
+    def video_analysis(self) -> BailianAnalysis:
         return self.service
 
     def videogen(self, name: str | None) -> Any:

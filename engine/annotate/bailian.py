@@ -68,7 +68,7 @@ class HostedRun:
         self.name = self.video.name
         self.interval = frame_interval(params)
         self.cp: dict[str, Any] = dict(job.checkpoint)
-        provider = ctx.providers.vision("bailian")
+        provider = ctx.providers.video_analysis()
         if not isinstance(provider, BailianAnalysis):  # a test's or a plugin's stand-in
             raise ConfigError("mode: bailian needs the bailian provider", hint="check providers.bailian")
         self.service: BailianAnalysis = provider

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dropflow.daemon.core.config import Providers
 from dropflow.engine.errors import ConfigError
 from dropflow.engine.providers.base import ModelLimits, VideoGenProvider, VisionProvider
 
-# "bailian" analyses whole videos (the annotate engine's mode: bailian), not chat turns; no route
-# names it (config's ProviderName leaves it out)
-VISION_PROVIDERS = ("offline", "dashscope", "openai", "anthropic", "bailian")
+if TYPE_CHECKING:
+    from dropflow.engine.providers.bailian import BailianAnalysis
+
+VISION_PROVIDERS = ("offline", "dashscope", "openai", "anthropic")
 VIDEOGEN_PROVIDERS = ("offline", "dashscope", "ark")
 
 OFFLINE_ANNOUNCEMENT = (
@@ -89,10 +91,6 @@ def build_vision(name: str, providers: Providers, *, state_dir: Path) -> VisionP
         from dropflow.engine.providers.anthropic import AnthropicVision
 
         return AnthropicVision(providers.anthropic)
-    if name == "bailian":
-        from dropflow.engine.providers.bailian import BailianAnalysis
-
-        return BailianAnalysis(providers.bailian)
     from dropflow.engine.providers.offline import OfflineVision
 
     return OfflineVision(providers.offline)
@@ -126,6 +124,7 @@ class ProviderPool:
         self._state_dir = state_dir
         self._vision: dict[str, VisionProvider] = {}
         self._videogen: dict[str, VideoGenProvider] = {}
+        self._analysis: BailianAnalysis | None = None
 
     def vision(self, name: str | None = "auto") -> VisionProvider:
         key = _resolve(name, self._providers, VISION_PROVIDERS, "vision")
@@ -139,6 +138,15 @@ class ProviderPool:
             self._videogen[key] = build_videogen(key, self._providers, state_dir=self._state_dir)
         return self._videogen[key]
 
+    def video_analysis(self) -> BailianAnalysis:
+        """Bailian's hosted video analysis (the annotate engine's `mode: bailian`): whole videos
+        in, analyses out; not a chat model, so not one of the vision providers."""
+        if self._analysis is None:
+            from dropflow.engine.providers.bailian import BailianAnalysis
+
+            self._analysis = BailianAnalysis(self._providers.bailian)
+        return self._analysis
+
     async def aclose(self) -> None:
         """Close every provider created so far. Never raises."""
         providers: list[VisionProvider | VideoGenProvider] = [
@@ -147,5 +155,8 @@ class ProviderPool:
         ]
         for provider in providers:
             await provider.aclose()
+        if self._analysis is not None:
+            await self._analysis.aclose()
+            self._analysis = None
         self._vision.clear()
         self._videogen.clear()

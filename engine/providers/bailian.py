@@ -28,7 +28,6 @@ from dropflow.engine.providers.bailian_rules import CANCEL_STATUS, REFUSED_CONTE
 
 if TYPE_CHECKING:
     from dropflow.daemon.core.config import BailianSettings
-    from dropflow.engine.providers.base import VisionRequest, VisionResult
 
 ACCESS_KEY_ID_ENV = "ALIBABA_CLOUD_ACCESS_KEY_ID"
 ACCESS_KEY_SECRET_ENV = "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
@@ -106,7 +105,8 @@ def _host(endpoint: str) -> tuple[str, str]:
 class BailianAnalysis:
     """The hosted video analysis of one daemon (shared by its jobs): submit, poll, upload, sign.
 
-    Not a chat model: `generate` refuses; the annotate engine's `mode: bailian` drives it.
+    Not a chat model (not one of the vision providers): the annotate engine's `mode: bailian`
+    drives it, through `ProviderPool.video_analysis`.
     """
 
     name: ClassVar[str] = "bailian"
@@ -117,13 +117,6 @@ class BailianAnalysis:
         self._env = env  # None: os.environ, read on every use (a key set later is picked up)
 
     # --- the contract's chat call: not this service ---------------------------------------------
-
-    async def generate(self, request: VisionRequest) -> VisionResult:
-        """Raises ConfigError: Bailian analyses whole videos, not chat turns."""
-        raise ConfigError(
-            "the bailian provider analyses whole videos and answers no chat requests",
-            hint="use it through the annotate engine's `mode: bailian`",
-        )
 
     async def aclose(self) -> None:
         """Nothing held between calls (each call makes its own SDK client). Never raises."""
