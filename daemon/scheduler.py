@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dropflow.daemon.core.config import Config
-from dropflow.daemon.core.jobs import STORE_DOWN, Job
+from dropflow.daemon.core.jobs import STORE_DOWN, Job, Role
 from dropflow.daemon.core.store import Store
 from dropflow.daemon.core.store.persons import SqlitePersons
 from dropflow.daemon.intake import Intake, clear_error_sidecar, write_error_sidecar
 from dropflow.daemon.logs import Redactor
 from dropflow.daemon.router import Router
-from dropflow.engine import registry
 from dropflow.engine.base import Done, JobContext, Providers, Wait
 from dropflow.engine.errors import DropflowError, ErrorKind, InputError, JobCancelled, error_payload
 
@@ -86,10 +85,13 @@ class Scheduler:
         routes: frozenset[str] | None = None,
     ) -> None:
         self.cfg = cfg
-        # a daemon limited to some engines (`--engines`) leaves the others' jobs to other daemons:
-        # to the claim they look paused
-        self.others = frozenset(registry.names()) - engines if engines is not None else frozenset()
-        self.routes = sorted(routes) if routes is not None else None  # `--routes`: only their jobs
+        # a daemon limited to some engines or routes (`--engines`, `--routes`) claims only their
+        # jobs, leaving the others to other daemons
+        self.only: dict[Role, list[str]] = {}
+        if engines is not None:
+            self.only["engine"] = sorted(engines)
+        if routes is not None:
+            self.only["route"] = sorted(routes)
         self.settings = cfg.scheduler
         self.store = store
         self.router = router
@@ -153,7 +155,6 @@ class Scheduler:
         paused_all, paused = await self.store.paused_engines()
         if paused_all:
             return
-        paused |= self.others
         busy: dict[str, int] = {}
         for r in self.running.values():
             busy[r.job.engine] = busy.get(r.job.engine, 0) + 1
@@ -164,7 +165,7 @@ class Scheduler:
             engine_slots=engine_slots,
             lease_seconds=self.settings.lease_seconds,
             paused_engines=paused,
-            routes=self.routes,
+            only=self.only,
         )
         for job in jobs:
             self._start(job)

@@ -156,8 +156,8 @@ async def test_claim_walks_the_ready_index_without_sorting(tmp_path: Path) -> No
     (no full read of the queued rows, no temp B-tree sort), with and without excluded engines."""
     async with Store.open(tmp_path / "s.db") as s:
         await s.insert_jobs([NewJob("a", "r", f"/a{i}", f"a{i}", priority=i % 3) for i in range(50)])
-        for excluded, routes in (([], None), (["b", "c"], None), ([], ["r", "s"])):
-            sql, args = s._claim_sql(time.time(), excluded, 20, routes)
+        for excluded, only in (([], None), (["b", "c"], None), ([], {"route": ["r", "s"], "engine": ["a"]})):
+            sql, args = s._claim_sql(time.time(), excluded, 20, only)
             cur = await s.db.execute("EXPLAIN QUERY PLAN " + sql, args)
             plan = [str(r[3]) for r in await cur.fetchall()]
             assert any("jobs_ready" in step for step in plan), plan

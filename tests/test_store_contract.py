@@ -83,16 +83,22 @@ async def test_claims_honour_priority_slots_and_pauses(store_target: Path | str)
         assert [j.engine for j in held] == ["b"]
 
 
-async def test_claims_of_a_daemon_limited_to_some_routes(store_target: Path | str) -> None:
+async def test_claims_of_a_daemon_limited_to_some_routes_or_engines(store_target: Path | str) -> None:
     async with Store.open(store_target) as s:
         await s.insert_jobs(
             [NewJob("e", route, f"/in/{route}{i}", f"{route}{i}") for route in "xyz" for i in range(2)]
         )
         me = owner_id()
-        got = await s.claim(me, slots=9, engine_slots={}, lease_seconds=30, routes=["x", "z"])
+        got = await s.claim(me, slots=9, engine_slots={}, lease_seconds=30, only={"route": ["x", "z"]})
         assert sorted(j.route for j in got) == ["x", "x", "z", "z"]
-        assert await s.claim(me, slots=9, engine_slots={}, lease_seconds=30, routes=[]) == []
+        assert await s.claim(me, slots=9, engine_slots={}, lease_seconds=30, only={"route": []}) == []
         assert [j.route for j in await s.claim(me, slots=9, engine_slots={}, lease_seconds=30)] == ["y", "y"]
+        # engines: an engine this daemon does not list (one it may not even know) is left alone
+        await s.insert_jobs([NewJob(engine, "r", f"/in/{engine}", engine) for engine in ("a", "b", "plugin")])
+        got = await s.claim(
+            me, slots=9, engine_slots={}, lease_seconds=30, only={"engine": ["a"], "route": ["r"]}
+        )
+        assert [j.engine for j in got] == ["a"]
 
 
 async def test_concurrent_claims_never_hand_out_a_job_twice(store_target: Path | str) -> None:

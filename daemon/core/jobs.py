@@ -9,9 +9,9 @@ spawn jobs (`JobSpawner`) and see its engine's other jobs (`TaskRegistry`), noth
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 STATUSES = ("queued", "running", "waiting", "paused", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running", "waiting", "paused")
@@ -137,6 +137,9 @@ class Event:
     data: dict[str, Any]
 
 
+Role = Literal["engine", "route"]  # what a daemon's role limits its claims by (`--engines`, `--routes`)
+
+
 class StoreError(Exception):
     pass
 
@@ -223,10 +226,10 @@ class JobStore(JobSpawner, TaskRegistry, Protocol):
         engine_slots: dict[str, int],
         lease_seconds: float,
         paused_engines: Iterable[str] = (),
-        routes: Sequence[str] | None = None,
+        only: Mapping[Role, Sequence[str]] | None = None,
     ) -> list[Job]:
         """Lease up to `slots` due jobs to `owner`, highest priority first, within each engine's slots
-        (of `routes` only, when given)."""
+        (and of the engines / routes `only` lists, when it lists them)."""
         ...
 
     async def renew_leases(self, owner: str, lease_seconds: float, job_ids: Iterable[int]) -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from dropflow.daemon.core.jobs import Job, StoreError
+from dropflow.daemon.core.jobs import Job, Role, StoreError
 from dropflow.daemon.core.store.db import Db
 from dropflow.daemon.core.store.jobs import job_from_row
 from dropflow.daemon.core.store.owners import owner_alive
@@ -19,18 +19,22 @@ from dropflow.daemon.core.store.owners import owner_alive
 _GIVE_BACK_ATTEMPT = "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
 
 
+ROLE_COLUMNS: dict[Role, str] = {"engine": "engine", "route": "route"}  # never a name from outside
+
+
 def claim_query(
     now: float,
     excluded: Sequence[str],
     limit: int,
-    routes: Sequence[str] | None = None,
+    only: Mapping[Role, Sequence[str]] | None = None,
     *,
     hint: str = "",
     lock: str = "",
 ) -> tuple[str, list[Any]]:
-    """The claim's candidates: due jobs of engines not `excluded` (and of `routes` only, when
-    given), in claim order (the order of the jobs_ready index). `hint` follows the table name
-    (SQLite's index choice); `lock` ends the query (PostgreSQL's row locks)."""
+    """The claim's candidates: due jobs of engines not `excluded` (and, per column of `only`, of
+    the values listed there only: a daemon's role), in claim order (the order of the jobs_ready
+    index). `hint` follows the table name (SQLite's index choice); `lock` ends the query
+    (PostgreSQL's row locks)."""
     sql = (
         f"SELECT id, engine FROM jobs{hint} WHERE status IN ('queued','waiting')"
         " AND (next_attempt_at IS NULL OR next_attempt_at <= ? OR control = 'cancel')"
@@ -39,9 +43,9 @@ def claim_query(
     if excluded:
         sql += f" AND engine NOT IN ({','.join('?' * len(excluded))})"
         args += excluded
-    if routes is not None:
-        sql += f" AND route IN ({','.join('?' * len(routes)) or 'NULL'})"
-        args += routes
+    for column, values in (only or {}).items():
+        sql += f" AND {ROLE_COLUMNS[column]} IN ({','.join('?' * len(values)) or 'NULL'})"
+        args += values
     sql += " ORDER BY priority DESC, id LIMIT ?" + lock
     args.append(limit)
     return sql, args
@@ -60,7 +64,7 @@ class ClaimsMixin:
         def transaction(self) -> AbstractAsyncContextManager[Db]: ...
 
         def _claim_sql(
-            self, now: float, excluded: Sequence[str], limit: int, routes: Sequence[str] | None
+            self, now: float, excluded: Sequence[str], limit: int, only: Mapping[Role, Sequence[str]] | None
         ) -> tuple[str, list[Any]]: ...
 
         async def _event(
@@ -77,10 +81,10 @@ class ClaimsMixin:
         engine_slots: dict[str, int],
         lease_seconds: float,
         paused_engines: Iterable[str] = (),
-        routes: Sequence[str] | None = None,
+        only: Mapping[Role, Sequence[str]] | None = None,
     ) -> list[Job]:
         """Take up to `slots` due jobs, highest priority first, honouring per-engine free slots
-        (and of `routes` only, when given: a daemon limited by `--routes`).
+        (and `only` the engines / routes listed there: a daemon's `--engines` / `--routes`).
 
         Jobs with a pending cancel are due at once so that their engine can act on it
         (e.g. cancel a remote task) before they end. The candidates' query is the database's own:
@@ -92,7 +96,7 @@ class ClaimsMixin:
         now = time.time()
         paused = list(paused_engines)
         excluded = [e for e, n in engine_slots.items() if n <= 0] + paused
-        sql, args = self._claim_sql(now, excluded, slots * 4 + 16, routes)
+        sql, args = self._claim_sql(now, excluded, slots * 4 + 16, only)
         claimed: list[int] = []
         async with self.transaction() as db:
             cur = await db.execute(sql, args)

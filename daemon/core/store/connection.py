@@ -9,13 +9,14 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Self
 
 import aiosqlite
 
+from dropflow.daemon.core.jobs import Role
 from dropflow.daemon.core.store.claims import claim_query
 from dropflow.daemon.core.store.db import Db
 from dropflow.daemon.core.store.jobs import INSERT_JOB
@@ -154,14 +155,14 @@ class _Connection:
     # --- what SQLite does its own way ------------------------------------------------------------------
 
     def _claim_sql(
-        self, now: float, excluded: Sequence[str], limit: int, routes: Sequence[str] | None
+        self, now: float, excluded: Sequence[str], limit: int, only: Mapping[Role, Sequence[str]] | None
     ) -> tuple[str, list[Any]]:
         """INDEXED BY: with no ANALYZE statistics (the daemon never runs it) SQLite prefers
         jobs_status_id and reads and sorts every queued row on each claim, a cost that grows with
         the queue (14 ms a claim at 100,000 queued). jobs_ready is in claim order, so the claim
         stops at its LIMIT; a query shape that could not use it fails loudly instead of slowing down.
         The write lock taken by `BEGIN IMMEDIATE` makes the claim exclusive."""
-        return claim_query(now, excluded, limit, routes, hint=" INDEXED BY jobs_ready")
+        return claim_query(now, excluded, limit, only, hint=" INDEXED BY jobs_ready")
 
     async def _insert_rows(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[int | None]:
         """Insert `rows` (see `INSERT_JOB`); each one's new id, None where the dedupe index refused it.

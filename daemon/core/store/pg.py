@@ -25,7 +25,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, Self
@@ -34,7 +34,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from dropflow.daemon.core.config import redact_url
-from dropflow.daemon.core.jobs import StoreUnavailable
+from dropflow.daemon.core.jobs import Role, StoreUnavailable
 from dropflow.daemon.core.store.claims import claim_query
 from dropflow.daemon.core.store.db import Db
 from dropflow.daemon.core.store.jobs import INSERT_JOB
@@ -254,11 +254,11 @@ class _PgConnection:
     # --- what PostgreSQL does its own way -----------------------------------------------------------
 
     def _claim_sql(
-        self, now: float, excluded: Sequence[str], limit: int, routes: Sequence[str] | None
+        self, now: float, excluded: Sequence[str], limit: int, only: Mapping[Role, Sequence[str]] | None
     ) -> tuple[str, list[Any]]:
         """Rows another daemon's claim holds are skipped, not waited for; a row claimed and
         committed meanwhile is re-checked against the WHERE (no longer due) and left out."""
-        return claim_query(now, excluded, limit, routes, lock=" FOR UPDATE SKIP LOCKED")
+        return claim_query(now, excluded, limit, only, lock=" FOR UPDATE SKIP LOCKED")
 
     async def _insert_rows(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[int | None]:
         """One result per row, pipelined: a new row's id, or None where the dedupe index (this

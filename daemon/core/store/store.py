@@ -16,7 +16,7 @@ TUI rely on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,7 +30,7 @@ from dropflow.daemon.core.store.jobs import JobsMixin
 
 if TYPE_CHECKING:
     from dropflow.daemon.core.config import Config
-    from dropflow.daemon.core.jobs import JobStore
+    from dropflow.daemon.core.jobs import JobStore, Role
 
 T = TypeVar("T")
 
@@ -88,7 +88,7 @@ class Store(JobsMixin, ClaimsMixin, ControlsMixin, EventsMixin):
         raise NotImplementedError
 
     def _claim_sql(
-        self, now: float, excluded: Sequence[str], limit: int, routes: Sequence[str] | None
+        self, now: float, excluded: Sequence[str], limit: int, only: Mapping[Role, Sequence[str]] | None
     ) -> tuple[str, list[Any]]:
         raise NotImplementedError
 
